@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -157,20 +158,22 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 
 
 def _model_at(loc) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at `loc` (used to list allowed keys)."""
-    model: type[BaseModel] = Params
-    for part in loc:
-        if model is Params and part == "datasets":
-            return None if len(loc) == 1 else _model_at_dataset(loc)
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+    """The pydantic model that owns the key at `loc` (to list its allowed keys), if any."""
+    model, parts = Params, list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
             return None
-        model = field.annotation
+        annotation = field.annotation
+        if typing.get_origin(annotation) is dict:  # a map of named entries: skip the name
+            if not parts:
+                return None
+            parts.pop(0)
+            annotation = typing.get_args(annotation)[1]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
     return model
-
-
-def _model_at_dataset(loc) -> type[BaseModel] | None:
-    return DatasetParams if len(loc) == 2 else None
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
