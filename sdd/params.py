@@ -95,12 +95,57 @@ class PrepareParams(Section):
     max_chars: int = Field(default=20_000, gt=0)
 
 
+class MergeRecipe(Section):
+    """One merge: models (dirs under `paths.models`), a mergekit method and its params."""
+
+    models: list[str] = Field(min_length=2)
+    method: str = "slerp"
+    base: str | None = None
+    params: dict[str, float | bool | list[float]] = {}
+
+    @model_validator(mode="after")
+    def _recipe(self) -> MergeRecipe:
+        from sdd.merging import check_recipe
+
+        check_recipe(self.method, self.models, self.base, self.params)
+        outside = [m for m in [*self.models, self.base] if m and m.split("/")[0] not in MERGE_INPUT_ROOTS]
+        if outside:
+            raise ValueError(f"{outside} are not under {list(MERGE_INPUT_ROOTS)} (dirs under paths.models); "
+                             f"dvc.yaml tracks only those as merge inputs, so a change elsewhere would not rerun the merge")
+        return self
+
+    def resolved_params(self) -> dict:
+        from sdd.merging import check_recipe
+
+        return check_recipe(self.method, self.models, self.base, self.params)
+
+
+# The model folders (under paths.models) that dvc.yaml declares as deps of merge@<recipe>.
+MERGE_INPUT_ROOTS = ("finetuned", "pruned")
+
+
+class MergeParams(Section):
+    """Merges of fine-tuned models, one merge@<name> stage per recipe; output models/merged/<name>."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    recipes: dict[str, MergeRecipe] = {}
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipe_names(cls, value: dict[str, MergeRecipe]) -> dict[str, MergeRecipe]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"recipe names {bad} must use letters, digits, '_' or '-' (they become folder names)")
+        return value
+
+
 class Params(Section):
     paths: Paths = Paths()
     data_mirror: str | None = None
     base_model: BaseModelParams = BaseModelParams()
     datasets: dict[str, DatasetParams]
     prepare: PrepareParams = PrepareParams()
+    merge: MergeParams = MergeParams()
 
     @field_validator("datasets")
     @classmethod
