@@ -95,6 +95,56 @@ class PrepareParams(Section):
     max_chars: int = Field(default=20_000, gt=0)
 
 
+LAYER_METRICS = ("angular_last_token", "angular_mean_token", "block_influence", "kl_to_base")  # sdd/layer_scores.py
+
+
+class LayerScoresParams(Section):
+    """Block redundancy scores over calibration text (prepared rows rendered with the chat template)."""
+
+    metric: str = "kl_to_base"
+    token: Literal["last", "last_content"] = "last_content"
+    datasets: list[str] = Field(default=["gsm8k", "alpaca"], min_length=1)
+    samples: int = Field(default=32, gt=0)
+    max_length: int = Field(default=384, gt=8)
+    batch_size: int = Field(default=4, gt=0)
+    seed: int = 0
+    max_n: int = Field(default=8, gt=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    kl_n_layers: list[int] = Field(default=[6], min_length=1)
+    shortlist: int | None = Field(default=6, gt=0)
+    shortlist_proxy: Literal["angular_last_token", "angular_mean_token", "block_influence"] = "angular_mean_token"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in LAYER_METRICS:
+            raise ValueError(f"unknown metric {value!r}{did_you_mean(value, LAYER_METRICS)}; known: {list(LAYER_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _kl_sizes(self) -> LayerScoresParams:
+        big = [n for n in self.kl_n_layers if n > self.max_n]
+        if big:
+            raise ValueError(f"kl_n_layers {big} exceed max_n={self.max_n}; raise max_n (the shortlist ranks blocks "
+                             f"by a proxy table that stops at max_n) or drop them")
+        return self
+
+
+class PruneParams(Section):
+    """Which block of consecutive decoder layers to remove."""
+
+    n_layers: int = Field(default=6, gt=0)
+    start: Literal["auto"] | int = "auto"
+    flops_context: int = Field(default=0, ge=0)
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"start must be `auto` or a layer index >= 0, got {value}")
+        return value
+
+
 class MergeRecipe(Section):
     """One merge: models (dirs under `paths.models`), a mergekit method and its params."""
 
@@ -145,6 +195,8 @@ class Params(Section):
     base_model: BaseModelParams = BaseModelParams()
     datasets: dict[str, DatasetParams]
     prepare: PrepareParams = PrepareParams()
+    layer_scores: LayerScoresParams = LayerScoresParams()
+    prune: PruneParams = PruneParams()
     merge: MergeParams = MergeParams()
 
     @field_validator("datasets")
@@ -159,7 +211,24 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
+        self._check_pruning()
         return self
+
+    def _check_pruning(self) -> None:
+        """Calibration datasets exist; `prune.start: auto` needs a score for prune.n_layers."""
+        scores = self.layer_scores
+        unknown = [name for name in scores.datasets if name not in self.datasets]
+        if unknown:
+            hints = "".join(did_you_mean(n, self.datasets) for n in unknown)
+            raise ValueError(f"layer_scores.datasets lists {unknown}, which are not under `datasets`{hints}; "
+                             f"known: {sorted(self.datasets)}")
+        n = self.prune.n_layers
+        if self.prune.start == "auto" and n > scores.max_n:
+            raise ValueError(f"prune.n_layers={n} with prune.start=auto needs scores for {n}-layer blocks; "
+                             f"raise layer_scores.max_n (now {scores.max_n}) to at least {n}")
+        if self.prune.start == "auto" and scores.metric == "kl_to_base" and n not in scores.kl_n_layers:
+            raise ValueError(f"prune.n_layers={n} with layer_scores.metric=kl_to_base needs KL for {n}-layer blocks; "
+                             f"add {n} to layer_scores.kl_n_layers (now {scores.kl_n_layers}) or choose another metric")
 
     def mirror(self) -> Path | None:
         """The dataset mirror: the `SDD_DATA_MIRROR` environment variable wins over params."""
