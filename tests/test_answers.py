@@ -1,0 +1,117 @@
+"""Final-answer extraction, normalisation and the conditional selection of rewrites."""
+
+import pytest
+
+from sdd.answers import answers_match, apply_selection, extract_answer, leaked_phrase, normalize_answer, select
+from sdd.generation import Generation
+from sdd.params import DEFAULT_LEAK_PHRASES
+
+EXTRACT = [
+    # GSM8k format
+    ("She pays 3*4=12 dollars.\n#### 12", "12"),
+    ("Total is 1,000 + 250 = 1,250 apples.\n#### 1,250", "1250"),
+    ("The temperature drops by 15 degrees.\n#### -15", "-15"),
+    ("Each slice costs $2.50.\n#### $2.50", "2.5"),
+    ("So the answer is 18.\n#### 18.0", "18"),
+    ("#### 42 apples", "42"),
+    ("First 5 then 7.\n#### 7\nSome trailing chatter with 99 in it", "7"),
+    ("Half of the cake: 1/2\n#### 3/6", "1/2"),
+    ("Percent increase.\n#### 25%", "25"),
+    ("#### 0.75.", "0.75"),
+    # \boxed{} (MATH / OpenMathInstruct)
+    ("Thus $x = \\boxed{5}$.", "5"),
+    ("The area is $\\boxed{\\frac{3}{4}}$", "3/4"),
+    ("We get \\boxed{-2.0}.", "-2"),
+    ("so the sum is \\boxed{1,024}", "1024"),
+    ("Answer: \\boxed{\\text{(B)}}", "(b)"),
+    ("\\boxed{2x+1}", "2x+1"),
+    ("The result \\boxed{\\dfrac{10}{4}}", "5/2"),
+    # "the answer is"
+    ("Adding them gives 30. The answer is 30.", "30"),
+    ("The final answer is $1,500.", "1500"),
+    ("Answer: 12 cookies", "12"),
+    ("The answer is: -7", "-7"),
+    ("So the answer is 3.50 dollars per pound.", "3.5"),
+    # last number
+    ("He walked 3 miles, then 4 more, so 7 miles in total.", "7"),
+    ("They split $120 evenly, each gets $40.", "40"),
+    ("Between 2 and 3 there are 0.5 steps", "0.5"),
+    ("In all, 2,345,678 people came", "2345678"),
+    # no answer at all
+    ("I am not sure how to solve this.", None),
+    ("", None),
+    ("#### ", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRACT)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_table_is_large_enough():
+    assert len(EXTRACT) >= 25
+
+
+@pytest.mark.parametrize(("a", "b"), [("1,000", "1000"), ("$5", "5.00"), ("72.", "72"), ("-0.50", "-0.5"),
+                                      ("6/4", "3/2"), ("\\frac{1}{2}", "1/2"), ("10 dollars", "10")])
+def test_equal_answers_match(a, b):
+    assert answers_match(a, b)
+
+
+@pytest.mark.parametrize(("a", "b"), [("12", "13"), ("1.5", "15"), ("-3", "3"), (None, "3"), ("1/2", "0.5 cups extra 1")])
+def test_different_answers_do_not_match(a, b):
+    assert not answers_match(a, b)
+
+
+def test_normalize_is_idempotent():
+    for raw in ["$1,234.50", "\\frac{6}{8}", "-7.0", "(A)", "25%"]:
+        once = normalize_answer(raw)
+        assert normalize_answer(once) == once
+
+
+def gen(text, finish="stop"):
+    return Generation(text=text, finish_reason=finish, prompt_tokens=10, generated_tokens=len(text.split()) + 1)
+
+
+LEAKS = DEFAULT_LEAK_PHRASES
+
+
+@pytest.mark.parametrize(("cands", "answer", "selected", "reason"), [
+    ([gen("3+4=7\n#### 7")], "7", "distilled", "accepted"),
+    ([gen("3+4=8\n#### 8")], "7", "original", "wrong_answer"),
+    ([gen("I cannot tell.")], "7", "original", "no_answer"),
+    ([gen("3+4=7 and then 7*2", "length")], "7", "original", "truncated"),
+    ([gen("   \n")], "7", "original", "empty"),
+    ([gen("As the reference answer says, #### 7")], "7", "original", "leak"),
+    ([gen("Following Your Response guidance: a poem.")], None, "original", "leak"),
+    ([gen("A short poem about waves.")], None, "distilled", "accepted"),
+    ([gen("#### 9"), gen("#### 7")], "7", "distilled", "accepted"),
+    ([], "7", "original", "prompt_too_long"),
+])
+def test_select(cands, answer, selected, reason):
+    choice = select(cands, answer, LEAKS)
+    assert (choice.selected, choice.reason) == (selected, reason)
+
+
+def test_select_keeps_first_acceptable_candidate():
+    assert select([gen("#### 9"), gen("#### 7"), gen("so #### 7.0")], "7", LEAKS).candidate == 1
+
+
+def test_leak_is_case_insensitive_and_configurable():
+    assert leaked_phrase("Based on THE REFERENCE, ...", LEAKS) == "the reference"
+    assert leaked_phrase("Based on the reference, ...", ["nothing"]) is None
+
+
+def test_apply_selection_builds_distilled_rows():
+    rows = [
+        {"id": "a" * 16, "dataset": "gsm8k", "instruction": "3+4?", "context": "", "response": "3+4=7\n#### 7", "answer": "7"},
+        {"id": "b" * 16, "dataset": "gsm8k", "instruction": "2+2?", "context": "", "response": "2+2=4\n#### 4", "answer": "4"},
+    ]
+    out = apply_selection(rows, [[gen("Adding: 7.\n#### 7")], [gen("#### 5")]], True, LEAKS)
+    assert out[0]["response"] == "Adding: 7.\n#### 7" and out[0]["selected"] == "distilled"
+    assert out[1]["response"] == rows[1]["response"] and out[1]["reason"] == "wrong_answer"
+    assert out[1]["response_distilled"] == "#### 5" and out[1]["response_original"] == rows[1]["response"]
+    # general data: no answer check, so a different number is fine
+    general = apply_selection(rows[1:], [[gen("#### 5")]], False, LEAKS)
+    assert general[0]["selected"] == "distilled"
