@@ -111,7 +111,7 @@ class LayerScoresParams(Section):
     max_n: int = Field(default=8, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     kl_n_layers: list[int] = Field(default=[6], min_length=1)
-    shortlist: int | None = Field(default=6, gt=0)
+    shortlist: int | None = Field(default=4, gt=0)
     shortlist_proxy: Literal["angular_last_token", "angular_mean_token", "block_influence"] = "angular_mean_token"
 
     @field_validator("metric")
