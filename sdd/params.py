@@ -189,6 +189,64 @@ class MergeParams(Section):
         return value
 
 
+ARM_KINDS = ("original", "distilled")
+
+
+class LoraParams(Section):
+    rank: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                      min_length=1)
+
+
+class FinetuneParams(Section):
+    """Recovery fine-tuning, one finetune@<arm> stage per arm. An arm names only its data
+    (dataset -> `original` prepared response or `distilled` selected response); every training
+    setting below is shared by all arms, so the arms differ in their data and nothing else."""
+
+    arms: dict[str, dict[str, Literal["original", "distilled"]]] = {
+        "sft": {"gsm8k": "original", "alpaca": "original"},
+        "sdd": {"gsm8k": "distilled", "alpaca": "distilled"},
+    }
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraParams = LoraParams()
+    max_seq_len: int = Field(default=512, gt=8)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    batching: Literal["padding_free", "padded"] = "padding_free"
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
+    eval_steps: int = Field(default=5, gt=0)
+    save_steps: int = Field(default=5, gt=0)
+    num_processes: int = Field(default=1, ge=1)
+    save_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"arm names {bad} must use letters, digits, '_' or '-' (they become folder names)")
+        empty = [name for name, data in value.items() if not data]
+        if empty:
+            raise ValueError(f"arms {empty} name no dataset; give each arm at least one `<dataset>: original|distilled`")
+        return value
+
+    def training_settings(self) -> dict:
+        """Everything an arm trains with except its data: identical for every arm by construction."""
+        return self.model_dump(exclude={"arms"})
+
+
 class Params(Section):
     paths: Paths = Paths()
     data_mirror: str | None = None
@@ -198,6 +256,7 @@ class Params(Section):
     layer_scores: LayerScoresParams = LayerScoresParams()
     prune: PruneParams = PruneParams()
     merge: MergeParams = MergeParams()
+    finetune: FinetuneParams = FinetuneParams()
 
     @field_validator("datasets")
     @classmethod
@@ -212,6 +271,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
         self._check_pruning()
+        self._check_arms()
         return self
 
     def _check_pruning(self) -> None:
@@ -229,6 +289,21 @@ class Params(Section):
         if self.prune.start == "auto" and scores.metric == "kl_to_base" and n not in scores.kl_n_layers:
             raise ValueError(f"prune.n_layers={n} with layer_scores.metric=kl_to_base needs KL for {n}-layer blocks; "
                              f"add {n} to layer_scores.kl_n_layers (now {scores.kl_n_layers}) or choose another metric")
+
+    def _check_arms(self) -> None:
+        distilled = getattr(getattr(self, "distill", None), "datasets", None)  # None until a distill section exists
+        problems = []
+        for arm, data in self.finetune.arms.items():
+            for ds, kind in data.items():
+                if ds not in self.datasets:
+                    problems.append(f"finetune.arms.{arm}.{ds}: unknown dataset{did_you_mean(ds, self.datasets)}; "
+                                    f"known: {sorted(self.datasets)}")
+                elif kind == "distilled" and distilled is not None and ds not in distilled:
+                    problems.append(f"finetune.arms.{arm}.{ds}: kind 'distilled' but {ds!r} is not in distill.datasets "
+                                    f"{list(distilled)}; add it there or use kind 'original'")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
     def mirror(self) -> Path | None:
         """The dataset mirror: the `SDD_DATA_MIRROR` environment variable wins over params."""

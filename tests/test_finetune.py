@@ -1,0 +1,222 @@
+"""finetune@<arm>: response-only labels, identical arms, LoRA/full training on a tiny Llama, the
+merged checkpoint, bad input, two gloo processes under accelerate, and resume after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sdd import finetune as ft
+from sdd.io import read_json, to_frame, write_parquet
+from sdd.params import load_params
+from sdd.schemas import DISTILLED, PREPARED
+from stages import finetune as stage
+
+from conftest import REPO, save_tiny
+
+QUESTIONS = ["How many clips did Natalia sell altogether in April and May?", "Write a short poem about the sea.",
+             "Give three tips for staying healthy.", "Natalia sold clips to 48 of her friends in April.",
+             "The quick brown fox jumps over the lazy dog.", "How many clips did Natalia sell in May?"]
+ANSWERS = ["Natalia sold 48 clips in April and 24 in May. The answer is 72.\n#### 72",
+           "The sea is quick and brown, the fox jumps over the lazy dog.", "Sell clips, write a poem, and jump.",
+           "She sold half as many clips in May.\n#### 24", "The answer is 0123456789.", "#### 24"]
+
+TINY_FINETUNE = {"max_steps": 6, "batch_size": 4, "learning_rate": 0.01, "eval_steps": 3, "save_steps": 3,
+                 "precision": "fp32", "save_dtype": "float32", "max_seq_len": 128, "warmup_ratio": 0.0,
+                 "lora": {"rank": 4, "alpha": 8}}
+
+
+def rows(ds: str, n: int = 12) -> list[dict]:
+    return [{"id": hashlib.sha256(f"{ds}{i}".encode()).hexdigest()[:16], "dataset": ds,
+             "instruction": QUESTIONS[i % 6], "context": "April and May" if i % 3 == 0 else "",
+             "response": ANSWERS[i % 6], "answer": None} for i in range(n)]
+
+
+def distilled(ds: str) -> list[dict]:
+    return [{**r, "response_original": r["response"], "response_distilled": r["response"].upper(),
+             "response": r["response"].upper(), "selected": "distilled", "reason": "accepted",
+             "finish_reason": "stop", "prompt_tokens": 10, "generated_tokens": 10} for r in rows(ds)]
+
+
+def make_project(root: Path, **finetune) -> Path:
+    """A working directory with params.yaml, prepared + distilled Parquet and a tiny pruned model."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"] = {**params.get("finetune", {}), **TINY_FINETUNE, **finetune}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    paths = load_params(root / "params.yaml").paths
+    for ds in ("gsm8k", "alpaca"):
+        write_parquet(to_frame(rows(ds), PREPARED), root / paths.prepared_file(ds), PREPARED)
+        write_parquet(to_frame(distilled(ds), DISTILLED), root / paths.distilled_file(ds), DISTILLED)
+    save_tiny(root / paths.model_dir("pruned"), num_layers=4)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(make_project(tmp_path))
+    return tmp_path
+
+
+def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
+    examples, counts = ft.encode_rows(rows("gsm8k", 2), tokenizer, max_seq_len=512, overlong="truncate")
+    assert counts["kept"] == 2
+    batch = ft.collator(tokenizer, "padded")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    for i, row in enumerate(rows("gsm8k", 2)):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": ft.user_message(row["instruction"], row["context"])}],
+                                               tokenize=False, add_generation_prompt=True)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n_real = int(batch["attention_mask"][i].sum())
+        labels, ids = batch["labels"][i], batch["input_ids"][i]
+        assert (labels[:n_prompt] == ft.IGNORE).all()
+        assert torch.equal(labels[n_prompt:n_real], ids[n_prompt:n_real])  # every response token is learned
+        assert (labels[n_real:] == ft.IGNORE).all()
+        assert tokenizer.decode(ids[n_prompt:n_real]).startswith(row["response"])
+        assert ids[n_real - 2] == tokenizer.convert_tokens_to_ids("<|im_end|>")  # the end of turn is learned
+    flat = ft.collator(tokenizer, "padding_free")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    assert (flat["position_ids"][0] == 0).sum() == 2  # positions restart per example: a block-diagonal mask
+
+
+def test_overlong_rows_are_counted_and_handled(tokenizer):
+    kept, counts = ft.encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="truncate")
+    assert counts["overlong"] == counts["truncated"] + counts.get("dropped_prompt_too_long", 0) > 0
+    assert all(len(e["input_ids"]) <= 40 for e in kept)
+    _, counts = ft.encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="drop")
+    assert counts["dropped_overlong"] == counts["overlong"] and counts["kept"] == 6 - counts["overlong"]
+
+
+def test_default_arms_differ_only_in_data(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    assert set(params.finetune.arms) >= {"sft", "sdd"}
+    resolved = {}
+    for arm in ("sft", "sdd"):
+        data, args = stage.resolved(params, arm, tmp_path / arm, "cpu")
+        training = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir", "run_name")}
+        resolved[arm] = (data, training)
+    assert resolved["sft"][1] == resolved["sdd"][1]
+    assert resolved["sft"][0] == {"gsm8k": "original", "alpaca": "original"}
+    assert resolved["sdd"][0] == {"gsm8k": "distilled", "alpaca": "distilled"}
+    assert set(resolved["sft"][0]) == set(resolved["sdd"][0])
+    # The held-out rows depend on the ids only, so both arms validate on the same rows.
+    ids = [r["id"] for r in rows("gsm8k", 40)]
+    assert ft.split_by_id(ids, 0.1, seed=0) == ft.split_by_id(list(reversed(ids)), 0.1, seed=0)
+    assert len(ft.split_by_id(ids, 0.1, seed=0)) == 4
+
+
+@pytest.mark.parametrize("arm,error", [
+    ({"gsm8j": "original"}, r"finetune\.arms\.bad\.gsm8j: unknown dataset \(did you mean 'gsm8k'\?\)"),
+    ({"gsm8k": "distiled"}, r"finetune\.arms\.bad\.gsm8k: Input should be 'original' or 'distilled'"),
+])
+def test_bad_arm_fails_at_params_load(tmp_path, arm, error):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.setdefault("finetune", {}).setdefault("arms", {})["bad"] = arm
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=error):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_missing_distilled_data_fails_before_training(project):
+    (project / load_params().paths.distilled_file("alpaca")).unlink()
+    with pytest.raises(FileNotFoundError, match=r"alpaca\.parquet not found; run `dvc repro distill@alpaca`"):
+        stage.main(["sdd"])
+    with pytest.raises(ValueError, match=r"unknown arm 'sfd' \(did you mean 'sft'\?\)"):
+        stage.main(["sfd"])
+    assert not (project / ".sdd-scratch" / "finetune" / "sdd" / "checkpoints").exists()
+
+
+def test_lora_trains_adapter_only_and_merged_checkpoint_equals_base_plus_adapter(project):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    params = load_params()
+    base_dir, out = params.paths.model_dir("pruned"), params.paths.model_dir("finetuned/sdd")
+    model = ft.apply_method(AutoModelForCausalLM.from_pretrained(base_dir), params.finetune)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    stage.main(["sdd"])
+    metrics = read_json(params.paths.metrics_file("finetune", "sdd"))
+    assert metrics["steps"] == 6 and metrics["tokens_seen"] > 0 and metrics["tokens_per_second"] > 0
+    assert metrics["val_rows"] == 2 and metrics["train_rows"] == 22
+    assert metrics["val_loss"] > 0 and metrics["val_original_loss"] > 0 and metrics["val_loss"] != metrics["val_original_loss"]
+    losses = [float(line.split("\t")[-1]) for line in
+              (Path("metrics/finetune/sdd/train/loss.tsv")).read_text().splitlines()[1:]]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # the loss goes down
+    assert Path("metrics/finetune/sdd/val/loss.tsv").is_file()
+
+    ids = torch.tensor([[1, 5, 9, 40, 77, 120, 3]])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, with_adapter(ids).logits, base(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert (a - c).abs().max() > 1e-2  # training changed the model
+    assert merged.get_output_embeddings() is not None and (out / "chat_template.jinja").is_file()
+
+
+def test_full_finetuning_changes_every_tensor(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(make_project(tmp_path, method="full", max_steps=2, learning_rate=1e-3))
+    paths = load_params().paths
+    stage.main(["sft"])
+    before = load_file(paths.model_dir("pruned") / "model.safetensors")
+    after = load_file(paths.model_dir("finetuned/sft") / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, f"full fine-tuning left {unchanged} unchanged"
+    assert not (paths.model_dir("finetuned/sft") / "adapter").exists()
+
+
+def run_stage(cwd: Path, arm: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stages.finetune", arm], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_under_accelerate(tmp_path):
+    make_project(tmp_path, num_processes=2, max_steps=3)
+    proc = run_stage(tmp_path, "sft")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "launching 2 processes" in out
+    metrics = read_json(tmp_path / "metrics/finetune/sft.json")
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3
+    assert (tmp_path / "data/models/finetuned/sft/model.safetensors").is_file()
+    assert (tmp_path / "data/models/finetuned/sft/adapter/adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_resume_after_kill(tmp_path):
+    make_project(tmp_path, max_steps=40, save_steps=2, eval_steps=100, batch_size=2)
+    checkpoints = tmp_path / ".sdd-scratch/finetune/sft/checkpoints"
+    proc = run_stage(tmp_path, "sft", start_new_session=True)
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("checkpoint-4")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"
+    assert not (tmp_path / "metrics/finetune/sft.json").exists()
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert killed_at < 40
+
+    proc = run_stage(tmp_path, "sft")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    metrics = read_json(tmp_path / "metrics/finetune/sft.json")
+    assert metrics["resumed_from_step"] >= killed_at >= 4 and metrics["steps"] == 40
+    steps = [int(line.split("\t")[0]) for line in
+             (tmp_path / "metrics/finetune/sft/train/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # the curve continues without duplicate points
