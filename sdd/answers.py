@@ -117,14 +117,15 @@ class Choice:
     candidate: int | None  # index of the kept candidate, None when the original is kept
 
 
-REASONS = ("accepted", "empty", "truncated", "leak", "no_answer", "wrong_answer", "prompt_too_long")
+REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
 
 
-def judge(candidate, reference_answer: str | None, leak_phrases) -> str:
+def judge(candidate, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> str:
     """Why a single rewrite is rejected, or "accepted" (see REASONS).
 
     `candidate` has `text` and `finish_reason` ("stop", or "length" when max_tokens cut it off),
-    e.g. a `sdd.generation.Generation`.
+    e.g. a `sdd.generation.Generation`. `min_chars` rejects rewrites that drop the reasoning
+    (a small model often answers a math problem with only "#### 72").
     """
     if not candidate.text.strip():
         return "empty"
@@ -132,6 +133,8 @@ def judge(candidate, reference_answer: str | None, leak_phrases) -> str:
         return "truncated"
     if leaked_phrase(candidate.text, leak_phrases):
         return "leak"
+    if len(candidate.text.strip()) < min_chars:
+        return "too_short"
     if reference_answer is not None:
         predicted = extract_answer(candidate.text)
         if predicted is None:
@@ -141,30 +144,32 @@ def judge(candidate, reference_answer: str | None, leak_phrases) -> str:
     return "accepted"
 
 
-def select(candidates: list, reference_answer: str | None, leak_phrases) -> Choice:
+def select(candidates: list, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> Choice:
     """Keep the first acceptable rewrite; otherwise the original, with the first rewrite's reason.
 
     `reference_answer` None means the task has no checkable answer (general instructions).
     """
     if not candidates:  # not generated: the prompt did not fit max_model_len
         return Choice("original", "prompt_too_long", None)
-    reasons = [judge(c, reference_answer, leak_phrases) for c in candidates]
+    reasons = [judge(c, reference_answer, leak_phrases, min_chars) for c in candidates]
     for i, reason in enumerate(reasons):
         if reason == "accepted":
             return Choice("distilled", "accepted", i)
     return Choice("original", reasons[0], None)
 
 
-def apply_selection(rows: list[dict], generations: list[list], check_answers: bool, leak_phrases) -> list[dict]:
+def apply_selection(rows: list[dict], generations: list[list], check_answers: bool, leak_phrases,
+                    min_length_ratio: float = 0.0) -> list[dict]:
     """Distilled rows: each prepared row plus its rewrite, the selected response and the reason.
 
     `generations[i]` holds row i's candidates (empty when it was not generated). With
-    `check_answers` (math datasets) a rewrite must reproduce the row's `answer`.
+    `check_answers` (math datasets) a rewrite must reproduce the row's `answer`; every rewrite
+    must be at least `min_length_ratio` times as long (in characters) as the original response.
     """
     out = []
     for row, candidates in zip(rows, generations, strict=True):
         reference = row.get("answer") if check_answers else None
-        choice = select(candidates, reference, leak_phrases)
+        choice = select(candidates, reference, leak_phrases, int(min_length_ratio * len(row["response"].strip())))
         shown = candidates[choice.candidate if choice.candidate is not None else 0] if candidates else None
         out.append({
             **row,

@@ -247,12 +247,49 @@ class FinetuneParams(Section):
         return self.model_dump(exclude={"arms"})
 
 
+class EngineParams(Section):
+    """How a vLLM `LLM` is built (sdd/generation.py `build_vllm`); the `hf` engine uses dtype and seed."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    max_model_len: int = Field(default=1024, gt=0)
+    gpu_memory_utilization: float = Field(default=0.15, gt=0.0, le=1.0)
+    enforce_eager: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
+class SamplingParams(Section):
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=320, gt=0)
+    n: int = Field(default=1, ge=1)
+
+
+DEFAULT_LEAK_PHRASES = ("reference answer", "reference response", "reference solution", "the reference",
+                        "your response", "example response", "the example above", "the given solution",
+                        "worked solution", "the provided solution")
+
+
+class DistillParams(Section):
+    """Self-data distillation: the base model rewrites the responses of these prepared datasets."""
+
+    datasets: list[str] = ["gsm8k", "alpaca"]
+    engine: Literal["vllm", "hf"] = "vllm"
+    engine_args: EngineParams = EngineParams()
+    sampling: SamplingParams = SamplingParams()
+    hf_batch_size: int = Field(default=16, gt=0)
+    chunk_size: int = Field(default=64, gt=0)
+    leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
+    min_length_ratio: float = Field(default=0.3, ge=0.0)
+
+
 class Params(Section):
     paths: Paths = Paths()
     data_mirror: str | None = None
     base_model: BaseModelParams = BaseModelParams()
     datasets: dict[str, DatasetParams]
     prepare: PrepareParams = PrepareParams()
+    distill: DistillParams = DistillParams()
     layer_scores: LayerScoresParams = LayerScoresParams()
     prune: PruneParams = PruneParams()
     merge: MergeParams = MergeParams()
@@ -270,9 +307,18 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
+        self._check_distill()
         self._check_pruning()
         self._check_arms()
         return self
+
+    def _check_distill(self) -> None:
+        """Every dataset to distill is a prepared dataset."""
+        unknown = [name for name in self.distill.datasets if name not in self.datasets]
+        if unknown:
+            hints = "".join(did_you_mean(n, self.datasets) for n in unknown)
+            raise ValueError(f"distill.datasets lists {unknown}, which are not under `datasets`{hints}; "
+                             f"known: {sorted(self.datasets)}")
 
     def _check_pruning(self) -> None:
         """Calibration datasets exist; `prune.start: auto` needs a score for prune.n_layers."""

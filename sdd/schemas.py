@@ -39,6 +39,9 @@ REJECTED = pa.DataFrameSchema(
 )
 
 SELECTED = ("distilled", "original")
+# sdd.answers.REASONS; kept literal here so the contract does not import the selection code.
+REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
+FINISH_REASONS = ("stop", "length", "not_generated")
 
 DISTILLED = pa.DataFrameSchema(
     {
@@ -46,13 +49,13 @@ DISTILLED = pa.DataFrameSchema(
         "response_original": Column(str, checks=_text),
         "response_distilled": Column(str),
         "selected": Column(str, Check.isin(SELECTED)),
-        "reason": Column(str, checks=_text),
-        "finish_reason": Column(str),
+        "reason": Column(str, Check.isin(REASONS)),
+        "finish_reason": Column(str, Check.isin(FINISH_REASONS)),
         "prompt_tokens": Column(int, Check.ge(0)),
         "generated_tokens": Column(int, Check.ge(0)),
     },
     strict=True,
     ordered=True,
     name="distilled",
-    metadata={"version": 1},
+    metadata={"version": 2},  # 2: reason and finish_reason restricted to known values
 )

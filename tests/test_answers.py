@@ -98,6 +98,15 @@ def test_select_keeps_first_acceptable_candidate():
     assert select([gen("#### 9"), gen("#### 7"), gen("so #### 7.0")], "7", LEAKS).candidate == 1
 
 
+def test_too_short_rewrite_keeps_the_original():
+    choice = select([gen("#### 72")], "72", LEAKS, min_chars=20)
+    assert (choice.selected, choice.reason) == ("original", "too_short")
+    rows = [{"id": "c" * 16, "dataset": "gsm8k", "instruction": "48+24?", "context": "",
+             "response": "In May 48/2 = 24, in total 48+24 = 72.\n#### 72", "answer": "72"}]
+    assert apply_selection(rows, [[gen("#### 72")]], True, LEAKS, min_length_ratio=0.3)[0]["reason"] == "too_short"
+    assert apply_selection(rows, [[gen("#### 72")]], True, LEAKS, min_length_ratio=0.0)[0]["reason"] == "accepted"
+
+
 def test_leak_is_case_insensitive_and_configurable():
     assert leaked_phrase("Based on THE REFERENCE, ...", LEAKS) == "the reference"
     assert leaked_phrase("Based on the reference, ...", ["nothing"]) is None

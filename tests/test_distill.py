@@ -1,0 +1,255 @@
+"""distill@<ds>: prompt templates, the stage on a tiny random Llama (hf and vLLM engines), resume
+after a real kill, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sdd.io import read_parquet, to_frame, write_parquet
+from sdd.params import load_params
+from sdd.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
+from sdd.schemas import DISTILLED, PREPARED
+
+from conftest import REPO, build_llama, build_tokenizer
+
+GSM8K = [("Natalia sold 48 clips in April and half as many in May. How many in total?",
+          "In May she sold 48/2 = 24 clips.\nIn total 48+24 = 72 clips.\n#### 72", "72"),
+         ("A pen costs $3 and a book costs $12. What do 2 pens and a book cost?",
+          "Two pens cost 2*3 = 6 dollars.\n6+12 = 18.\n#### 18", "18"),
+         ("Tom has 1,200 stamps and gives away 250. How many are left?",
+          "1200-250 = 950.\n#### 950", "950")]
+ALPACA = [("Give three tips for staying healthy.", "", "Eat well, sleep enough and exercise."),
+          ("Write a short poem about the sea.", "", "Waves roll in, waves roll out."),
+          ("Summarise the text.", "The quick brown fox jumps over the lazy dog.", "A fox jumps over a dog.")]
+
+
+def row_id(*parts) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def prepared_rows(name: str, copies: int) -> list[dict]:
+    rows = []
+    for k in range(copies):
+        if name == "gsm8k":
+            rows += [{"id": row_id(name, q, str(k)), "dataset": name, "instruction": q, "context": "", "response": s,
+                      "answer": a} for q, s, a in GSM8K]
+        else:
+            rows += [{"id": row_id(name, q, str(k)), "dataset": name, "instruction": q, "context": c, "response": r,
+                      "answer": None} for q, c, r in ALPACA]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def distill_model(tmp_path_factory) -> Path:
+    """A tiny random Llama vLLM's CPU attention accepts (head size 32) with room for long prompts."""
+    path = tmp_path_factory.mktemp("distill") / "model"
+    tok = build_tokenizer()
+    model = build_llama(tok, num_layers=4, seed=0, hidden=128)
+    model.config.max_position_embeddings = 4096
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_workdir(root: Path, model_dir: Path, copies: int = 2, **distill) -> Path:
+    """A directory laid out like the repository: params.yaml, base model, prepared data."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["distill"].update({"engine": "hf", "chunk_size": 2, "hf_batch_size": 2})
+    params["distill"]["sampling"].update(max_tokens=8)
+    params["distill"]["engine_args"].update(max_model_len=4096, dtype="float32")
+    for key, value in distill.items():
+        if isinstance(value, dict):
+            params["distill"][key].update(value)
+        else:
+            params["distill"][key] = value
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    paths = load_params(root / "params.yaml").paths
+    shutil.copytree(model_dir, root / paths.model_dir("base"))
+    for name in ("gsm8k", "alpaca"):
+        write_parquet(to_frame(prepared_rows(name, copies), PREPARED), root / paths.prepared_file(name), PREPARED)
+    return root
+
+
+def run_stage(workdir: Path, name: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1", "SDD_LOG_LEVEL": "INFO"}
+    return subprocess.Popen([sys.executable, "-m", "stages.distill", name], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run_ok(workdir: Path, name: str, timeout: float = 600) -> str:
+    proc = run_stage(workdir, name)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def outputs(workdir: Path, name: str) -> tuple[pd.DataFrame, dict]:
+    paths = load_params(workdir / "params.yaml").paths
+    df = read_parquet(workdir / paths.distilled_file(name), DISTILLED, f"distill@{name}")
+    return df, json.loads((workdir / paths.metrics_file("distill", name)).read_text())
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+def test_template_renders_instruction_and_reference_only(tokenizer):
+    row = {"instruction": "How many clips?", "context": "", "response": "48+24 = 72\n#### 72", "answer": "72",
+           "id": "0123456789abcdef"}
+    prompt = render(tokenizer, build_messages(row, MATH_GSM8K))
+    assert "How many clips?" in prompt and "48+24 = 72\n#### 72" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")  # the model's turn is open
+    assert "0123456789abcdef" not in prompt and "### Input" not in prompt
+    assert prompt.count("<|im_start|>") == 3  # system, user, assistant: nothing else
+    assert "'#### <number>'" in prompt  # the dataset's answer format is requested
+
+
+def test_general_template_includes_context_only_when_present(tokenizer):
+    row = {"instruction": "Summarise.", "context": "A long text.", "response": "Short.", "answer": None}
+    with_context = render(tokenizer, build_messages(row, GENERAL))
+    assert "### Input:\nA long text." in with_context and "Short." in with_context
+    assert "### Input" not in render(tokenizer, build_messages({**row, "context": ""}, GENERAL))
+
+
+def test_template_choice_and_fingerprint():
+    assert template_for("gsm8k").kind == "math" and template_for("alpaca").kind == "general"
+    assert "boxed" in template_for("openmath").user
+    assert fingerprint(GENERAL) != fingerprint(MATH_GSM8K)
+    with pytest.raises(ValueError, match="no distillation template for dataset format 'csv'"):
+        template_for("csv")
+
+
+def test_params_reject_unknown_distill_dataset(tmp_path):
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["distill"]["datasets"] = ["gsm8k", "alpacca"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"distill.datasets lists \['alpacca'\].*did you mean 'alpaca'"):
+        load_params(tmp_path / "params.yaml")
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def test_stage_hf_engine_writes_valid_parquet_and_reuses_chunks(tmp_path, distill_model, monkeypatch):
+    from stages import distill
+
+    work = make_workdir(tmp_path / "w", distill_model)
+    monkeypatch.chdir(work)
+    for name in ("gsm8k", "alpaca"):
+        distill.main([name])
+        df, metrics = outputs(work, name)
+        assert list(df.columns) == list(DISTILLED.columns) and len(df) == 6
+        assert (df["response_original"] == pd.DataFrame(prepared_rows(name, 2))["response"]).all()
+        assert metrics["rows"] == 6 and metrics["engine"] == "hf" and metrics["chunks"] == 3
+        assert metrics["chunks_reused"] == 0 and metrics["generated_tokens"] > 0
+        assert sum(metrics["fallbacks_by_reason"].values()) + metrics["kept_distilled"] == 6
+    first, _ = outputs(work, "gsm8k")
+    distill.main(["gsm8k"])  # every chunk is on disk: nothing is generated again
+    again, metrics = outputs(work, "gsm8k")
+    assert metrics["chunks_reused"] == 3 and metrics["generated_tokens_this_run"] == 0
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_changed_sampling_ignores_stale_chunks(tmp_path, distill_model, monkeypatch):
+    from stages import distill
+
+    work = make_workdir(tmp_path / "w", distill_model, copies=1)
+    monkeypatch.chdir(work)
+    distill.main(["alpaca"])
+    _, before = outputs(work, "alpaca")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["distill"]["sampling"]["max_tokens"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    distill.main(["alpaca"])
+    df, after = outputs(work, "alpaca")
+    assert after["fingerprint"] != before["fingerprint"] and after["chunks_reused"] == 0
+    assert (df["generated_tokens"] <= 4).all()
+    assert [p.name for p in (work / ".sdd-scratch" / "distill" / "alpaca").iterdir()] == [after["fingerprint"]]
+
+
+def test_missing_column_is_a_clear_error(tmp_path, distill_model, monkeypatch):
+    from stages import distill
+
+    work = make_workdir(tmp_path / "w", distill_model, copies=1)
+    path = work / "data" / "prepared" / "gsm8k.parquet"
+    pd.read_parquet(path).drop(columns=["response"]).to_parquet(path, index=False)
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match=r"gsm8k.parquet does not match the prepared contract.*response.*dvc repro prepare@gsm8k"):
+        distill.main(["gsm8k"])
+
+
+def test_empty_response_is_a_clear_error(tmp_path, distill_model, monkeypatch):
+    from stages import distill
+
+    work = make_workdir(tmp_path / "w", distill_model, copies=1)
+    path = work / "data" / "prepared" / "alpaca.parquet"
+    df = pd.read_parquet(path)
+    df.loc[1, "response"] = "  "
+    df.to_parquet(path, index=False)
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match=r"alpaca.parquet.*column 'response' check 'non_blank'"):
+        distill.main(["alpaca"])
+
+
+def test_dataset_not_in_distill_list(tmp_path, distill_model, monkeypatch):
+    from stages import distill
+
+    work = make_workdir(tmp_path / "w", distill_model, copies=1)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["datasets"]["extra"] = params["datasets"]["alpaca"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match=r"'extra' is not in distill.datasets \['gsm8k', 'alpaca'\]"):
+        distill.main(["extra"])
+
+
+@pytest.mark.slow
+def test_stage_vllm_engine_matches_hf_columns(tmp_path, distill_model):
+    hf = make_workdir(tmp_path / "hf", distill_model, copies=1)
+    run_ok(hf, "gsm8k")
+    vl = make_workdir(tmp_path / "vllm", distill_model, copies=1, engine="vllm", chunk_size=4,
+                      engine_args={"enforce_eager": True, "gpu_memory_utilization": 0.05, "max_model_len": 2048})
+    run_ok(vl, "gsm8k")
+    hf_df, _ = outputs(hf, "gsm8k")
+    vl_df, metrics = outputs(vl, "gsm8k")
+    assert list(vl_df.columns) == list(hf_df.columns) == list(DISTILLED.columns)
+    assert metrics["engine"] == "vllm" and metrics["generated_tokens_per_s"] > 0 and metrics["chunks"] == 1
+    # Same greedy model, same token ids in: the prompts are identical across engines.
+    assert (vl_df["prompt_tokens"] == hf_df["prompt_tokens"]).all()
+    assert (vl_df["generated_tokens"] <= 8).all() and set(vl_df["finish_reason"]) <= {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model):
+    """Kill the stage (SIGKILL) once some chunks are on disk; the re-run keeps them untouched."""
+    big = {"sampling": {"max_tokens": 48}, "chunk_size": 2, "hf_batch_size": 2}
+    reference = make_workdir(tmp_path / "ref", distill_model, copies=6, **big)
+    run_ok(reference, "gsm8k")
+    work = make_workdir(tmp_path / "killed", distill_model, copies=6, **big)
+    chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
+    proc = run_stage(work, "gsm8k", start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(chunks.glob("*/chunk-*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; make it slower"
+    done = {p: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json")}
+    assert 2 <= len(done) < 9
+    assert not (work / "data" / "distilled" / "gsm8k.parquet").exists()
+
+    run_ok(work, "gsm8k")
+    _, metrics = outputs(work, "gsm8k")
+    assert metrics["chunks_reused"] == len(done) and metrics["chunks"] == 9
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # not regenerated
+    pd.testing.assert_frame_equal(outputs(work, "gsm8k")[0], outputs(reference, "gsm8k")[0])
