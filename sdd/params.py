@@ -37,6 +37,7 @@ class Paths(Section):
     models: str = "data/models"
     metrics: str = "metrics"
     reports: str = "reports"
+    eval: str = "data/eval"
     scratch: str = ".sdd-scratch"
 
     def source_file(self, ds: str) -> Path:
@@ -53,6 +54,12 @@ class Paths(Section):
 
     def model_dir(self, name: str) -> Path:
         return Path(self.models) / name
+
+    def report_file(self, name: str) -> Path:
+        return Path(self.reports) / name
+
+    def eval_samples_file(self, name: str) -> Path:
+        return Path(self.eval) / f"{name}.parquet"
 
     def metrics_file(self, stage: str, name: str | None = None) -> Path:
         return Path(self.metrics) / stage / f"{name or stage}.json"
@@ -283,6 +290,118 @@ class DistillParams(Section):
     min_length_ratio: float = Field(default=0.3, ge=0.0)
 
 
+EVAL_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k")
+
+
+class EvalTaskParams(Section):
+    """One leaderboard task: few-shot examples, items per lm-eval task (MMLU: per subject), subjects."""
+
+    shots: int = Field(ge=0)
+    limit: int | None = Field(default=None, gt=0)
+    subjects: list[str] | None = None  # MMLU only: null = all 57
+
+
+class VllmEvalParams(Section):
+    gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
+    max_model_len: int = Field(default=4096, gt=0)
+    enforce_eager: bool = True
+
+
+class FidelityParams(Section):
+    """Held-out prompts on which each model is compared with the reference (base) model."""
+
+    reference: str = "base"  # model directory under paths.models
+    prompts: dict[str, DatasetParams] = {
+        "gsm8k_test": DatasetParams(source="openai/gsm8k", config="main", split="test", revision="main",
+                                    format="gsm8k", limit=16, seed=0),
+        "dolly_hhrlhf": DatasetParams(source="mosaicml/dolly_hhrlhf", config="default", split="train",
+                                      revision="main", format="dolly_hhrlhf", limit=16, seed=0),
+    }
+    max_new_tokens: int = Field(default=48, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+
+
+def _default_eval_tasks() -> dict[str, EvalTaskParams]:
+    return {"arc_challenge": EvalTaskParams(shots=25, limit=8), "hellaswag": EvalTaskParams(shots=10, limit=8),
+            "mmlu": EvalTaskParams(shots=5, limit=1, subjects=None), "truthfulqa_mc2": EvalTaskParams(shots=0, limit=16),
+            "winogrande": EvalTaskParams(shots=5, limit=24), "gsm8k": EvalTaskParams(shots=5, limit=3)}
+
+
+class EvaluateParams(Section):
+    """lm-eval settings shared by every evaluate@<model> stage, the models, and fidelity."""
+
+    models: dict[str, str] = {"base": "base", "pruned": "pruned", "sft": "finetuned/sft", "sdd": "finetuned/sdd"}
+    tasks: dict[str, EvalTaskParams] = Field(default_factory=_default_eval_tasks)
+    backend: Literal["hf", "vllm"] = "hf"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    batch_size: int = Field(default=8, gt=0)
+    chat_template: bool = False
+    seed: int = 0
+    vllm: VllmEvalParams = VllmEvalParams()
+    fidelity: FidelityParams = FidelityParams()
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, EvalTaskParams]) -> dict[str, EvalTaskParams]:
+        unknown = [t for t in value if t not in EVAL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}{did_you_mean(unknown[0], EVAL_TASKS)}; choose from {list(EVAL_TASKS)}")
+        if not value:
+            raise ValueError(f"at least one task is needed; choose from {list(EVAL_TASKS)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"model names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        return value
+
+    def model(self, name: str) -> str:
+        if name not in self.models:
+            raise ValueError(f"unknown model {name!r}{did_you_mean(name, self.models)}; "
+                             f"evaluate.models lists {sorted(self.models)}")
+        return self.models[name]
+
+
+class ReportParams(Section):
+    """The recovery table: which model is the baseline, which pairs get a paired bootstrap CI."""
+
+    baseline: str = "base"
+    compare: list[tuple[str, str]] = [("sdd", "sft")]  # (a, b): CI of average(a) - average(b)
+    bootstrap: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed: int = 0
+
+
+class SpeculatePrompts(Section):
+    """Held-out prompts: rows of prepared datasets that finetune's validation split kept out of training."""
+
+    datasets: list[str] = Field(default=["gsm8k", "alpaca"], min_length=1)
+    per_dataset: int = Field(default=4, gt=0)
+    max_tokens: int = Field(default=64, gt=0)
+
+
+class SpeculateParams(Section):
+    """Speculative decoding with the base model as target, one speculate@<draft> stage per draft."""
+
+    target: str = "base"
+    drafts: dict[str, str] = {"pruned": "pruned", "sft": "finetuned/sft", "sdd": "finetuned/sdd"}
+    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    temperature: float = Field(default=0.0, ge=0.0)
+    prompts: SpeculatePrompts = SpeculatePrompts()
+    engine_args: EngineParams = EngineParams(max_model_len=1024)
+
+    @field_validator("drafts")
+    @classmethod
+    def _draft_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"draft names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        return value
+
+
 class Params(Section):
     paths: Paths = Paths()
     data_mirror: str | None = None
@@ -294,6 +413,8 @@ class Params(Section):
     prune: PruneParams = PruneParams()
     merge: MergeParams = MergeParams()
     finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
 
     @field_validator("datasets")
     @classmethod
@@ -310,7 +431,21 @@ class Params(Section):
         self._check_distill()
         self._check_pruning()
         self._check_arms()
+        self._check_report()
         return self
+
+    def _check_report(self) -> None:
+        """report.baseline and report.compare must name models that evaluate.models lists."""
+        models = self.evaluate.models
+        named = [("report.baseline", self.report.baseline)] + [
+            (f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair]
+        problems = [f"{key}={name!r} is not in evaluate.models{did_you_mean(name, models)}"
+                    for key, name in named if name not in models]
+        if problems:
+            raise ValueError("; ".join(problems) + f"; evaluate.models lists {sorted(models)}")
+        for task, cfg in self.evaluate.tasks.items():
+            if cfg.subjects is not None and task != "mmlu":
+                raise ValueError(f"evaluate.tasks.{task}.subjects: only mmlu has subjects; remove the key")
 
     def _check_distill(self) -> None:
         """Every dataset to distill is a prepared dataset."""

@@ -59,3 +59,24 @@ DISTILLED = pa.DataFrameSchema(
     name="distilled",
     metadata={"version": 2},  # 2: reason and finish_reason restricted to known values
 )
+
+# One row per evaluated item and model (evaluate@<model>); the report pairs rows of two models on
+# (task, subtask, doc_id) for the paired bootstrap.
+EVAL_SAMPLES = pa.DataFrameSchema(
+    {
+        "model": Column(str, checks=_text),
+        "task": Column(str, checks=_text),  # leaderboard task (arc_challenge, mmlu, ...)
+        "subtask": Column(str, checks=_text),  # lm-eval task (MMLU: one per subject)
+        "doc_id": Column(int, Check.ge(0)),
+        "doc_hash": Column(str),  # lm-eval's hash of the document: same item across models
+        "score": Column(float, Check.in_range(0.0, 1.0)),  # the task's leaderboard metric on this item
+        "chance": Column(float, Check.in_range(0.0, 1.0)),  # expected score of uniform guessing
+        "target": Column(str),
+        "prediction": Column(str),  # chosen option index, or the filtered generation
+    },
+    strict=True,
+    ordered=True,
+    unique=["model", "subtask", "doc_id"],
+    name="eval_samples",
+    metadata={"version": 1},
+)

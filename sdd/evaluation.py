@@ -1,0 +1,134 @@
+"""Run the leaderboard tasks with lm-evaluation-harness and turn its output into this project's
+per-sample records and per-task scores.
+
+    from sdd.evaluation import build_tasks, run_lm_eval, sample_rows
+    tasks = build_tasks(params.evaluate.tasks, mirror)            # lm-eval Task objects, per-task limits
+    out = run_lm_eval(model_dir, tasks, params.evaluate, device)  # one lm-eval call
+    rows = sample_rows("base", tasks, out["samples"])
+
+One lm-eval call per model (its start-up is ~18 s on CPU). Per-task limits go through lm-eval's
+`samples` argument (the first `limit` documents of each task), so every model sees the same items.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdd import eval_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    """One leaderboard task: its lm-eval subtasks and the document indices evaluated in each."""
+
+    name: str
+    shots: int
+    limit: int | None
+    eval_split: str
+    fewshot_split: str | None
+    source: str  # where the rows come from (mirror folder or hub id)
+    subtasks: dict  # lm-eval task name -> lm-eval Task object
+    indices: dict  # lm-eval task name -> document indices
+
+
+def lm_eval_version() -> str:
+    return importlib.metadata.version("lm_eval")
+
+
+def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
+    """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    out = []
+    for name, cfg in task_params.items():
+        configs = eval_tasks.task_configs(name, cfg.shots, mirror, cfg.subjects)
+        built = manager.load(configs)["tasks"]
+        indices = {}
+        for sub, task in built.items():
+            n = len(task.eval_docs)
+            if n == 0:
+                raise ValueError(f"task {sub} has no documents in its {configs[0]['test_split']} split; check the mirror")
+            indices[sub] = list(range(n if cfg.limit is None else min(cfg.limit, n)))
+        spec = eval_tasks.TASKS[name]
+        eval_split, fewshot_split = eval_tasks.splits(spec, mirror)
+        source = str(mirror / spec.hub / spec.config) if mirror else f"hub:{spec.hub}"
+        out.append(Task(name, cfg.shots, cfg.limit, eval_split, fewshot_split, source,
+                        {str(k): v for k, v in built.items()}, indices))
+    return out
+
+
+def lm_eval_model(model_dir: Path, cfg, device: str, model=None, tokenizer=None):
+    """(model, model_args) for lm-eval: `hf` wraps an already loaded model, `vllm` loads the directory."""
+    if cfg.backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device,
+                    dtype=cfg.dtype), None
+    args = {"pretrained": str(model_dir), "dtype": cfg.dtype, "seed": cfg.seed,
+            "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization, "max_model_len": cfg.vllm.max_model_len,
+            "enforce_eager": cfg.vllm.enforce_eager, "batch_size": "auto"}
+    return "vllm", args
+
+
+def run_lm_eval(lm, model_args, tasks: list[Task], cfg) -> dict:
+    """One `simple_evaluate` call over every subtask, with the documents `tasks` chose."""
+    from lm_eval import simple_evaluate
+
+    subtasks = [t for task in tasks for t in task.subtasks.values()]
+    samples = {name: idx for task in tasks for name, idx in task.indices.items()}
+    return simple_evaluate(
+        model=lm, model_args=model_args, tasks=subtasks, samples=samples, log_samples=True,
+        apply_chat_template=cfg.chat_template, fewshot_as_multiturn=cfg.chat_template,
+        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed, bootstrap_iters=0, confirm_run_unsafe_code=False,
+    )
+
+
+def _prediction(sample: dict, output_type: str) -> str:
+    if output_type == "multiple_choice":
+        loglik = [r[0] for r in sample["filtered_resps"]]
+        return str(int(np.argmax(loglik)))
+    resp = sample["filtered_resps"][0]
+    return resp if isinstance(resp, str) else str(resp)
+
+
+def sample_rows(model: str, tasks: list[Task], samples: dict) -> list[dict]:
+    """lm-eval's logged samples -> EVAL_SAMPLES rows (the leaderboard metric and filter only)."""
+    rows = []
+    for task in tasks:
+        spec = eval_tasks.TASKS[task.name]
+        for sub, obj in task.subtasks.items():
+            logged = [s for s in samples.get(sub, []) if s["filter"] == spec.filter]
+            if len(logged) != len(task.indices[sub]):
+                raise ValueError(f"lm-eval logged {len(logged)} samples for {sub} (filter {spec.filter}), "
+                                 f"expected {len(task.indices[sub])}")
+            for s in logged:
+                rows.append({"model": model, "task": task.name, "subtask": sub, "doc_id": int(s["doc_id"]),
+                             "doc_hash": str(s.get("doc_hash", "")), "score": float(s[spec.metric]),
+                             "chance": float(eval_tasks.chance(task.name, s["doc"])), "target": str(s["target"]),
+                             "prediction": _prediction(s, obj.OUTPUT_TYPE)})
+    return rows
+
+
+def lm_eval_scores(task: Task, results: dict) -> dict:
+    """lm-eval's own aggregates for one task's subtasks (every metric and filter, e.g. GSM8k's
+    strict-match and flexible-extract), kept next to ours as a cross-check."""
+    return {sub: {k: float(v) for k, v in results.get(sub, {}).items()
+                  if isinstance(v, (int, float)) and "stderr" not in k}
+            for sub in task.subtasks}
+
+
+def task_settings(task: Task) -> dict:
+    spec = eval_tasks.TASKS[task.name]
+    return {"shots": task.shots, "limit": task.limit, "metric": spec.metric, "filter": spec.filter,
+            "eval_split": task.eval_split, "fewshot_split": task.fewshot_split,
+            "fewshot_split_standard": spec.fewshot_split, "source": task.source,
+            "subtasks": len(task.subtasks), "items": sum(len(i) for i in task.indices.values())}

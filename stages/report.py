@@ -1,0 +1,61 @@
+"""Write the recovery table from every evaluated model's metrics and per-sample records.
+
+    python -m stages.report        (dvc.yaml: report)
+
+Reads `<paths.metrics>/evaluate/<model>.json` and `<paths.eval>/<model>.parquet` for every model
+in evaluate.models, `<paths.metrics>/prune/prune.json` (parameters, FLOPs) and, where they exist,
+`<paths.metrics>/speculate/<draft>.json`. Writes `<paths.reports>/recovery.md`,
+`<paths.metrics>/report/report.json` (`dvc metrics show`) and the `dvc plots` data
+`<paths.reports>/plots/{recovery,tasks}.csv`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from sdd.io import atomic_path, read_json, read_parquet, write_json
+from sdd.params import load_params
+from sdd.report import markdown, plot_rows, summarise
+from sdd.runtime import log_params, run_stage, timed
+from sdd.schemas import EVAL_SAMPLES
+
+log = logging.getLogger(__name__)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def main(argv: list[str]) -> None:
+    params = load_params()
+    cfg, paths = params.report, params.paths
+    log_params("report", cfg)
+    with timed("report") as summary:
+        evals = {name: read_json(paths.metrics_file("evaluate", name)) for name in params.evaluate.models}
+        samples = {name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
+                   for name in params.evaluate.models}
+        prune_file = paths.metrics_file("prune")
+        prune = read_json(prune_file) if prune_file.is_file() else None
+        if prune is None:
+            log.warning("%s not found: the table has no parameter/FLOPs columns", prune_file)
+        speculate_dir = Path(paths.metrics) / "speculate"
+        speculate = {f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json"))}
+        result = summarise(evals, samples, cfg.baseline, cfg.compare, cfg.bootstrap, cfg.confidence, cfg.seed,
+                           prune=prune, speculate=speculate)
+        text = markdown(result)
+        with atomic_path(paths.report_file("recovery.md")) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        recovery_rows, task_rows = plot_rows(result)
+        write_csv(recovery_rows, paths.report_file("plots/recovery.csv"))
+        write_csv(task_rows, paths.report_file("plots/tasks.csv"))
+        write_json(paths.metrics_file("report"), {"models": result["models"], "comparisons": result["comparisons"]})
+        log.info("recovery table:\n%s", text)
+        summary.update(models=len(evals), comparisons=len(result["comparisons"]))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,159 @@
+"""evaluate@<model> and report end to end on tiny random Llamas and a small local mirror the test
+writes (all six tasks, hub schema); fidelity metrics on identical and perturbed models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, build_llama, save_tiny
+from sdd.fidelity_measure import compare, reference_sequences, render_prompts
+
+ROWS = {
+    "allenai/ai2_arc/ARC-Challenge/test.jsonl": [
+        {"id": f"t{i}", "question": f"Which number is {i}?", "choices": {"text": ["one", "two", "three", "four"],
+                                                                        "label": ["A", "B", "C", "D"]},
+         "answerKey": "ABCD"[i % 4]} for i in range(3)],
+    "allenai/ai2_arc/ARC-Challenge/validation.jsonl": [
+        {"id": "v0", "question": "What is 2?", "choices": {"text": ["two", "six", "ten"], "label": ["1", "2", "3"]},
+         "answerKey": "1"}],
+    "Rowan/hellaswag/default/validation.jsonl": [
+        {"ind": i, "activity_label": "Sea", "ctx_a": f"The fox jumps {i} times.", "ctx_b": "", "ctx": "",
+         "endings": ["over the dog.", "into the sea.", "and stops.", "twice."], "label": str(i % 4)} for i in range(3)],
+    "cais/mmlu/all/test.jsonl": [
+        {"question": f"Q{s}{i}?", "subject": s, "choices": ["0", "1", "2", "3"], "answer": i % 4}
+        for s in ("anatomy", "astronomy") for i in range(3)],
+    "cais/mmlu/all/dev.jsonl": [
+        {"question": f"D{s}?", "subject": s, "choices": ["0", "1", "2", "3"], "answer": 1} for s in ("anatomy", "astronomy")],
+    "truthfulqa/truthful_qa/multiple_choice/validation.jsonl": [
+        {"question": f"Is the sea {i}?", "mc1_targets": {"choices": ["yes", "no"], "labels": [1, 0]},
+         "mc2_targets": {"choices": ["yes", "maybe", "no"], "labels": [1, 1, 0]}} for i in range(3)],
+    "allenai/winogrande/winogrande_xl/validation.jsonl": [
+        {"sentence": f"The fox saw the dog {i} so _ ran.", "option1": "fox", "option2": "dog", "answer": "12"[i % 2]}
+        for i in range(3)],
+    "allenai/winogrande/winogrande_xl/train.jsonl": [
+        {"sentence": "The sea is big so _ is wet.", "option1": "sea", "option2": "fox", "answer": "1"}],
+    "openai/gsm8k/main/test.jsonl": [
+        {"question": f"Natalia sold {i} clips. How many?", "answer": f"She sold {i}.\n#### {i}"} for i in range(4)],
+    "openai/gsm8k/main/train.jsonl": [{"question": "How many clips is 72?", "answer": "It is 72.\n#### 72"}],
+}
+
+LIMIT = 2
+
+
+def write_mirror(root: Path) -> Path:
+    for rel, rows in ROWS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def params(models: dict, compare: list) -> dict:
+    """The repository's params.yaml (other sections stay valid) with tiny evaluate/report sections."""
+    one = {"shots": 1, "limit": LIMIT}
+    return {
+        **yaml.safe_load((REPO / "params.yaml").read_text()),
+        "evaluate": {
+            "models": models,
+            "tasks": {"arc_challenge": one, "hellaswag": one, "mmlu": {**one, "subjects": ["anatomy", "astronomy"]},
+                      "truthfulqa_mc2": {"shots": 0, "limit": LIMIT}, "winogrande": one, "gsm8k": one},
+            "batch_size": 4, "dtype": "float32",
+            "fidelity": {"prompts": {"gsm8k_test": {"source": "openai/gsm8k", "config": "main", "split": "test",
+                                                    "format": "gsm8k", "limit": 3}},
+                         "max_new_tokens": 8, "batch_size": 2},
+        },
+        "report": {"baseline": "base", "compare": compare, "bootstrap": 200},
+    }
+
+
+def run_stage(cwd: Path, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SDD_DATA_MIRROR": str(cwd / "mirror"), "HF_DATASETS_OFFLINE": "1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache")}
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+def test_evaluate_and_report_end_to_end(tmp_path):
+    write_mirror(tmp_path / "mirror")
+    save_tiny(tmp_path / "data/models/base", num_layers=6, seed=0)
+    save_tiny(tmp_path / "data/models/pruned", num_layers=4, seed=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params({"base": "base", "pruned": "pruned"},
+                                                                [["pruned", "base"]])))
+    run_stage(tmp_path, "stages.evaluate", "base")
+    run_stage(tmp_path, "stages.evaluate", "pruned")
+
+    base = json.loads((tmp_path / "metrics/evaluate/base.json").read_text())
+    pruned = json.loads((tmp_path / "metrics/evaluate/pruned.json").read_text())
+    settings = base["settings"]
+    assert settings["backend"] == "hf" and settings["lm_eval_version"].startswith("0.4")
+    assert settings["mirror"] == str(tmp_path / "mirror") and settings["seed"] == 0 and settings["dtype"] == "float32"
+    assert set(base["tasks"]) == {"arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"}
+    arc = base["tasks"]["arc_challenge"]
+    assert (arc["shots"], arc["limit"], arc["n"], arc["metric"]) == (1, LIMIT, LIMIT, "acc_norm")
+    assert arc["fewshot_split"] == "validation" and arc["fewshot_split_standard"] == "train"
+    assert base["tasks"]["hellaswag"]["fewshot_split"] == "validation"
+    assert base["tasks"]["mmlu"]["n"] == 2 * LIMIT and base["tasks"]["mmlu"]["subtasks"] == 2
+    assert base["tasks"]["gsm8k"]["filter"] == "strict-match"
+    assert "exact_match,flexible-extract" in base["tasks"]["gsm8k"]["lm_eval"]["sdd_gsm8k"]
+    for name, task in base["tasks"].items():
+        assert 0.0 <= task["score"] <= 1.0, name
+        # our per-sample mean agrees with lm-eval's own aggregate (single-subtask tasks)
+        if task["subtasks"] == 1:
+            (own,) = task["lm_eval"].values()
+            assert own[f"{task['metric']},{task['filter']}"] == pytest.approx(task["score"]), name
+    assert base["average"] == pytest.approx(sum(t["score"] for t in base["tasks"].values()) / 6)
+    assert base["fidelity"]["kl"] == 0.0 and base["fidelity"]["top1_agreement"] == 1.0
+    assert pruned["fidelity"]["kl"] > 0.0 and pruned["fidelity"]["tokens"] > 0
+
+    samples = pd.read_parquet(tmp_path / "data/eval/pruned.parquet")
+    assert len(samples) == 5 * LIMIT + 2 * LIMIT
+    assert set(samples["model"]) == {"pruned"}
+    assert samples.loc[samples["task"] == "winogrande", "chance"].eq(0.5).all()
+
+    # A hand-made prune.json and one speculate file: the table shows their columns.
+    (tmp_path / "metrics/prune").mkdir(parents=True)
+    (tmp_path / "metrics/prune/prune.json").write_text(json.dumps(
+        {"removed_layers": [2, 3], "parameters_before": 2e6, "parameters_after": 1.5e6, "flops_per_token_before": 4e6,
+         "flops_per_token_after": 3e6, "flops_reduction_pct": 25.0, "params_reduction_pct": 25.0}))
+    (tmp_path / "metrics/speculate").mkdir(parents=True)
+    (tmp_path / "metrics/speculate/pruned.json").write_text(json.dumps(
+        {"acceptance_rate": 0.5, "mean_accepted_length": 2.0, "speedup": 1.3, "k": 4, "temperature": 0.0}))
+    run_stage(tmp_path, "stages.report")
+    table = (tmp_path / "reports/recovery.md").read_text()
+    assert "| `base` |" in table and "| `pruned` |" in table and "100.0%" in table
+    assert "`pruned` − `base`" in table and "params (M)" in table and "draft acceptance" in table
+    report = json.loads((tmp_path / "metrics/report/report.json").read_text())
+    assert report["models"]["base"]["recovery"] == pytest.approx(1.0)
+    assert report["models"]["pruned"]["parameters"] == 1.5e6
+    assert report["comparisons"]["pruned-base"]["paired_items"] == len(samples)
+    plots = pd.read_csv(tmp_path / "reports/plots/tasks.csv")
+    assert len(plots) == 2 * 6
+
+
+def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):
+    base = build_llama(tokenizer, num_layers=4, seed=0)
+    twin = build_llama(tokenizer, num_layers=4, seed=0)
+    perturbed = build_llama(tokenizer, num_layers=4, seed=0)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rows = [{"instruction": "How many clips did Natalia sell?", "context": ""},
+            {"instruction": "Write a short poem about the sea.", "context": "Give three tips."}]
+    batches = reference_sequences(base, tokenizer, render_prompts(tokenizer, rows), max_new_tokens=6, batch_size=2)
+    same = compare(base, twin, batches)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
+    assert same["perplexity"] == pytest.approx(same["reference_perplexity"])
+    assert same["tokens"] > 0 and same["prompts"] == 2
+    moved = compare(base, perturbed, batches)
+    assert moved["kl"] > 1e-3 and moved["top1_agreement"] < 1.0
+    # greedy text is the reference's argmax: its own perplexity is lower than the perturbed model's
+    assert moved["perplexity"] > same["reference_perplexity"]
