@@ -412,6 +412,7 @@ class Params(Section):
     layer_scores: LayerScoresParams = LayerScoresParams()
     prune: PruneParams = PruneParams()
     merge: MergeParams = MergeParams()
+    speculate: SpeculateParams = SpeculateParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
@@ -430,6 +431,7 @@ class Params(Section):
     def _cross_section(self) -> Params:
         self._check_distill()
         self._check_pruning()
+        self._check_merge_and_speculate()
         self._check_arms()
         self._check_report()
         return self
@@ -453,6 +455,28 @@ class Params(Section):
         if unknown:
             hints = "".join(did_you_mean(n, self.datasets) for n in unknown)
             raise ValueError(f"distill.datasets lists {unknown}, which are not under `datasets`{hints}; "
+                             f"known: {sorted(self.datasets)}")
+
+    def _check_merge_and_speculate(self) -> None:
+        """Merge inputs and drafts name models some stage writes; prompts come from known datasets."""
+        producers = {"finetuned": self.finetune.arms, "merged": self.merge.recipes}
+
+        def check(key: str, model: str) -> None:
+            root, _, name = model.partition("/")
+            if root in producers and name not in producers[root]:
+                owner = "finetune.arms" if root == "finetuned" else "merge.recipes"
+                raise ValueError(f"{key} names {model!r}, but {owner} has no {name!r}{did_you_mean(name, producers[root])}; "
+                                 f"known: {sorted(producers[root])}")
+
+        for recipe_name, recipe in self.merge.recipes.items():
+            for model in [*recipe.models, *([recipe.base] if recipe.base else [])]:
+                check(f"merge.recipes.{recipe_name}", model)
+        for draft, model in self.speculate.drafts.items():
+            check(f"speculate.drafts.{draft}", model)
+        unknown = [name for name in self.speculate.prompts.datasets if name not in self.datasets]
+        if unknown:
+            hints = "".join(did_you_mean(n, self.datasets) for n in unknown)
+            raise ValueError(f"speculate.prompts.datasets lists {unknown}, which are not under `datasets`{hints}; "
                              f"known: {sorted(self.datasets)}")
 
     def _check_pruning(self) -> None:

@@ -140,14 +140,16 @@ def test_bad_recipes_fail_at_params_time(recipe, message):
 
 @pytest.mark.slow
 def test_stage_writes_merged_model_and_metrics(tmp_path, pair):
-    models = tmp_path / "data" / "models"
-    for name, src in zip(["arm_a", "arm_b"], pair):
-        (models / "finetuned").mkdir(parents=True, exist_ok=True)
-        os.symlink(src, models / "finetuned" / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real file: other sections stay valid
+    arms = list(params["finetune"]["arms"])[:2]
+    models = tmp_path / "data" / "models"
+    (models / "finetuned").mkdir(parents=True)
+    for name, src in zip(arms, pair):
+        os.symlink(src, models / "finetuned" / name)
     params["paths"] = {"models": "data/models", "metrics": "metrics"}
-    params["merge"] = {"dtype": "bfloat16", "recipes": {"mix": {"models": ["finetuned/arm_a", "finetuned/arm_b"],
+    params["merge"] = {"dtype": "bfloat16", "recipes": {"mix": {"models": [f"finetuned/{a}" for a in arms],
                                                                   "params": {"t": 0.5}}}}
+    params["speculate"]["drafts"] = {}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "stages.merge", "mix"], cwd=tmp_path, env=env,
