@@ -180,5 +180,6 @@ def test_dvc_declares_a_stage_per_draft_and_per_merge_recipe(tmp_path):
         assert f"speculate@{draft} " in listed
     for recipe in params["merge"]["recipes"]:
         assert f"merge@{recipe} " in listed
-    # The merged model is used as a draft under the recipe's name.
+    # The merged model is evaluated and used as a draft under the recipe's name.
+    assert params["evaluate"]["models"].get("sdd_merged") == "merged/sdd_merged"
     assert params["speculate"]["drafts"].get("sdd_merged") == "merged/sdd_merged"
