@@ -176,3 +176,12 @@ def merge(config: dict, out: Path) -> None:
         # mergekit caches lazy loaders per path in a process-wide singleton; a later merge reading
         # a rewritten directory at the same path must not see stale tensors.
         LoaderCache().loaders.clear()
+
+
+def skeleton(path: Path):
+    """The model a checkpoint's config describes, on the meta device (no memory): for its summary."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))

@@ -37,9 +37,9 @@ def main(argv: list[str]) -> None:
         out_dir = params.paths.model_dir(f"merged/{name}")
         with atomic_path(out_dir) as out:
             merging.merge(config, out)
-            modelio.check_model_dir(out)
-            model, _ = modelio.load_model(out)  # proves transformers loads it; gives the summary
-        info = {**modelio.summary(model), "recipe": name, "method": recipe.method, "params": recipe.resolved_params(),
+            modelio.check_model_dir(out)  # config and weights agree (layer count)
+            skeleton = merging.skeleton(out)
+        info = {**modelio.summary(skeleton), "recipe": name, "method": recipe.method, "params": recipe.resolved_params(),
                 "models": recipe.models, "base": recipe.base, "dtype": params.merge.dtype}
         write_json(params.paths.metrics_file("merge", name), info)
         summary.update(method=recipe.method, models=len(models), layers=info["num_hidden_layers"])
