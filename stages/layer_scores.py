@@ -41,6 +41,9 @@ def render(tokenizer, row: dict) -> tuple[list[int], int]:
     response = row["response"].strip()
     text = tokenizer.apply_chat_template([{"role": "user", "content": user},
                                           {"role": "assistant", "content": response}], tokenize=False)
+    if response not in text:
+        raise ValueError(f"the chat template changes the response text of row {row.get('id')!r}, so its last content "
+                         f"token cannot be located; use layer_scores.token: last")
     end = text.rfind(response) + len(response)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     content = tokenizer(text[:end], add_special_tokens=False)["input_ids"]
@@ -89,7 +92,8 @@ def fidelity_report(model, states, batches, table, cfg) -> dict:
     for n in cfg.kl_n_layers:
         ranked = ls.ranked_starts(table[cfg.shortlist_proxy], n)
         chosen = ranked[:cfg.shortlist] if cfg.shortlist else ranked
-        starts = sorted(set(chosen) | {ls.best_starts(t)[n] for t in table.values()})
+        argmins = {m: ls.best_starts(t)[n] for m, t in table.items()}
+        starts = sorted(set(chosen) | set(argmins.values()))
         with tqdm(total=len(starts) * len(batches), desc=f"kl_to_base n={n}") as bar:
             fid = ls.kl_to_base(model, states, batches, n, starts, progress=bar.update)
         candidates = [{"start": s, "kl": round(fid[s].kl, 6), "top1": round(fid[s].top1, 6),
@@ -99,9 +103,10 @@ def fidelity_report(model, states, batches, table, cfg) -> dict:
             "candidates": candidates,
             "shortlist": chosen,
             "best_start": min(starts, key=lambda s: (fid[s].kl, s)),
+            # Spearman rho over the measured candidates: how well each proxy ranks blocks by fidelity
             "rank_correlation": {m: ls.rank_correlation([c[m] for c in candidates], kls) for m in table},
-            "chosen_by": {m: {"start": ls.best_starts(t)[n], "kl": round(fid[ls.best_starts(t)[n]].kl, 6),
-                              "top1": round(fid[ls.best_starts(t)[n]].top1, 6)} for m, t in table.items()},
+            "chosen_by": {m: {"start": s, "kl": round(fid[s].kl, 6), "top1": round(fid[s].top1, 6)}
+                          for m, s in argmins.items()},
         }
     return out
 

@@ -190,16 +190,18 @@ def test_stage_writes_scores_table_and_candidates(tmp_path, monkeypatch):
 
 
 def test_shortlist_of_every_candidate_equals_no_shortlist(tmp_path, monkeypatch):
-    make_project(tmp_path, monkeypatch)
+    make_project(tmp_path, monkeypatch, model_factory=lambda t: build_llama(t, num_layers=6, seed=3),
+                 layer_scores__samples=4)
     results = {}
-    for shortlist in (None, 7):  # 8 layers, n = 2: starts 0..6
+    for shortlist in (None, 5):  # 6 layers, n = 2: starts 0..4
         params = yaml.safe_load(Path("params.yaml").read_text())
         params["layer_scores"]["shortlist"] = shortlist
         Path("params.yaml").write_text(yaml.safe_dump(params))
         stage.main([])
         results[shortlist] = json.loads(Path("metrics/layer_scores/scores.json").read_text())["kl_to_base"]["2"]
-    assert results[None]["candidates"] == results[7]["candidates"]
-    assert results[None]["best_start"] == results[7]["best_start"]
+    assert results[None]["candidates"] == results[5]["candidates"]
+    assert results[None]["best_start"] == results[5]["best_start"]
+    assert len(results[None]["candidates"]) == 5
 
 
 def test_last_token_rule_reads_the_chat_template_newline(tmp_path, monkeypatch):
