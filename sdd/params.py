@@ -334,7 +334,7 @@ class EvaluateParams(Section):
     tasks: dict[str, EvalTaskParams] = Field(default_factory=_default_eval_tasks)
     backend: Literal["hf", "vllm"] = "hf"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=2, gt=0)
     chat_template: bool = False
     seed: int = 0
     vllm: VllmEvalParams = VllmEvalParams()
