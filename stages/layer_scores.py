@@ -5,7 +5,8 @@
 Reads `<paths.models>/base` and the prepared datasets named in `layer_scores.datasets`; writes
 `<paths.metrics>/layer_scores/scores.json` (metric, token position, best start per n, and for
 `kl_to_base` every candidate's proxies, KL, top-1 agreement and rank correlations) and
-`<paths.metrics>/layer_scores/table.csv` (one row per (start, n), one column per proxy).
+`<paths.metrics>/layer_scores/table.csv` (one row per (start, n), one column per proxy) and
+`candidates.csv` (kl_to_base: each measured block's KL, top-1 agreement and proxies; else empty).
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ def main(argv: list[str]) -> None:
         result["best_start"] = result["best_start_by_metric"][cfg.metric]
         with atomic_path(paths.metrics_file("layer_scores", "table").with_suffix(".csv")) as tmp:
             table_rows(table).to_csv(tmp, index=False)
+        candidates = [{"n": n, **c} for n, r in result.get("kl_to_base", {}).items() for c in r["candidates"]]
+        with atomic_path(paths.metrics_file("layer_scores", "candidates").with_suffix(".csv")) as tmp:
+            pd.DataFrame(candidates, columns=["n", "start", "kl", "top1", *table]).to_csv(tmp, index=False)
         write_json(paths.metrics_file("layer_scores", "scores"), result)
         summary.update(metric=cfg.metric, samples=len(sequences), best_start=result["best_start"])
 

@@ -187,6 +187,8 @@ def test_stage_writes_scores_table_and_candidates(tmp_path, monkeypatch):
     table = pd.read_csv("metrics/layer_scores/table.csv")
     assert list(table.columns) == ["start", "n", *ls.PROXIES]
     assert len(table) == sum(8 + 1 - n for n in range(1, 5))
+    measured = pd.read_csv("metrics/layer_scores/candidates.csv")
+    assert list(measured["start"]) == [c["start"] for c in fid["candidates"]] and set(measured["n"]) == {2}
 
 
 def test_shortlist_of_every_candidate_equals_no_shortlist(tmp_path, monkeypatch):
