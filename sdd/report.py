@@ -60,7 +60,8 @@ def summarise(evals: dict[str, dict], samples: dict[str, pd.DataFrame], baseline
         if a in samples and b in samples:
             comparisons[f"{a}-{b}"] = recovery.paired_bootstrap(samples[a], samples[b], bootstrap, confidence, seed)
     settings = evals[baseline]["settings"]
-    return {"baseline": baseline, "tasks": list(base), "models": models, "comparisons": comparisons,
+    order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
+    return {"baseline": baseline, "tasks": order, "models": models, "comparisons": comparisons,
             "prune": prune, "chance": {t: s.chance for t, s in base.items()},
             "settings": {**settings, "shots": {t: v["shots"] for t, v in evals[baseline]["tasks"].items()},
                          "limit": {t: v["limit"] for t, v in evals[baseline]["tasks"].items()},
