@@ -31,6 +31,7 @@ from sdd.runtime import device, log_params, run_stage, timed
 from sdd.schemas import DISTILLED, PREPARED
 
 log = logging.getLogger(__name__)
+LAUNCHED = "SDD_FINETUNE_LAUNCHED"  # set for the workers that `launch` starts: they must not launch again
 
 
 def read_arm(paths, data: dict[str, str], val_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -74,11 +75,13 @@ def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
     with socket.socket() as sock:  # a free port, so parallel runs on one machine do not collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+    # --multi_gpu selects accelerate's torchrun launcher on CPU too (its --cpu mode needs MPI for
+    # several processes); the Trainer then runs DDP with gloo because TrainingArguments.use_cpu is set.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), *(["--cpu"] if on_cpu else []), "-m", "stages.finetune", arm]
+           "--main_process_port", str(port), "-m", "stages.finetune", arm]
     log.info("launching %d processes: %s", num_processes, " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
 def main(argv: list[str]) -> None:
@@ -90,7 +93,10 @@ def main(argv: list[str]) -> None:
     data, dev = cfg.arms[arm], device()
     model_dir, run_dir = paths.model_dir("pruned"), Path(paths.scratch) / "finetune" / arm
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:  # the launching process checks inputs and owns the checkpoint folder
+    if os.environ.get(LAUNCHED) and world_size != cfg.num_processes:
+        raise ValueError(f"launched as one of {cfg.num_processes} processes but WORLD_SIZE={world_size}; "
+                         f"the accelerate launcher did not start a distributed run")
+    if not os.environ.get(LAUNCHED):  # the launching process checks inputs and owns the checkpoint folder
         log_params(f"finetune@{arm}", {"data": data, **cfg.training_settings()})
         check_model_dir(model_dir)
         read_arm(paths, data, cfg.val_fraction, cfg.seed)  # fails here, before any model load
@@ -98,7 +104,8 @@ def main(argv: list[str]) -> None:
             paths.prepared_file(ds) if kind == "original" else paths.distilled_file(ds) for ds, kind in data.items()]
         prepare_run_dir(run_dir, ft.fingerprint(cfg.training_settings(), data, file_digest(inputs)))
         if cfg.num_processes > 1:
-            return launch(arm, cfg.num_processes, dev == "cpu")
+            launch(arm, cfg.num_processes, dev == "cpu")
+            return
     with timed(f"finetune@{arm}") as summary:
         summary.update(train(arm, params, run_dir, dev, world_size))
 
