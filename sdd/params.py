@@ -285,7 +285,7 @@ class DistillParams(Section):
     engine_args: EngineParams = EngineParams()
     sampling: SamplingParams = SamplingParams()
     hf_batch_size: int = Field(default=16, gt=0)
-    chunk_size: int = Field(default=64, gt=0)
+    chunk_size: int = Field(default=256, gt=0)
     leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
     min_length_ratio: float = Field(default=0.3, ge=0.0)
 

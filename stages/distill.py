@@ -84,7 +84,9 @@ class Engine:
                 self.impl = load_model(self.model_dir, cfg.engine_args.dtype, device())
             self.start_seconds = time.perf_counter() - start
         if cfg.engine == "vllm":
-            seeds = [request_seed(cfg.engine_args.seed, i) for i in row_ids]
+            # Per-row seeds make sampling independent of batching; greedy decoding needs none.
+            sampled = cfg.sampling.temperature > 0
+            seeds = [request_seed(cfg.engine_args.seed, i) for i in row_ids] if sampled else None
             return generation.generate_vllm(self.impl, prompt_ids, cfg.sampling, seeds)
         model, tok = self.impl
         return generation.generate_hf(model, tok, prompt_ids, cfg.sampling, cfg.hf_batch_size,

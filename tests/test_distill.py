@@ -232,10 +232,10 @@ def test_stage_vllm_engine_matches_hf_columns(tmp_path, distill_model):
 @pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model):
     """Kill the stage (SIGKILL) once some chunks are on disk; the re-run keeps them untouched."""
-    big = {"sampling": {"max_tokens": 48}, "chunk_size": 2, "hf_batch_size": 2}
-    reference = make_workdir(tmp_path / "ref", distill_model, copies=6, **big)
+    big = {"sampling": {"max_tokens": 32}, "chunk_size": 2, "hf_batch_size": 2}
+    reference = make_workdir(tmp_path / "ref", distill_model, copies=4, **big)
     run_ok(reference, "gsm8k")
-    work = make_workdir(tmp_path / "killed", distill_model, copies=6, **big)
+    work = make_workdir(tmp_path / "killed", distill_model, copies=4, **big)
     chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
     proc = run_stage(work, "gsm8k", start_new_session=True)
     deadline = time.monotonic() + 300
@@ -245,11 +245,11 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; make it slower"
     done = {p: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json")}
-    assert 2 <= len(done) < 9
+    assert 2 <= len(done) < 6
     assert not (work / "data" / "distilled" / "gsm8k.parquet").exists()
 
     run_ok(work, "gsm8k")
     _, metrics = outputs(work, "gsm8k")
-    assert metrics["chunks_reused"] == len(done) and metrics["chunks"] == 9
+    assert metrics["chunks_reused"] == len(done) and metrics["chunks"] == 6
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # not regenerated
     pd.testing.assert_frame_equal(outputs(work, "gsm8k")[0], outputs(reference, "gsm8k")[0])
