@@ -221,3 +221,13 @@ def test_resume_after_kill(tmp_path):
     steps = [int(line.split("\t")[0]) for line in
              (tmp_path / "metrics/finetune/sft/train/loss.tsv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # the curve continues without duplicate points
+
+
+def test_dvc_stage_tracks_every_shared_setting():
+    """A training knob missing from dvc.yaml would not re-run the arms when it changes."""
+    from sdd.params import FinetuneParams
+
+    stage_params = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["finetune"]["do"]["params"]
+    shared = {f"finetune.{name}" for name in FinetuneParams.model_fields if name != "arms"}
+    assert shared <= set(stage_params), f"add {sorted(shared - set(stage_params))} to dvc.yaml finetune params"
+    assert "finetune" not in stage_params and "finetune.arms.${key}" in stage_params
