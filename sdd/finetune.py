@@ -145,6 +145,20 @@ def fingerprint(settings: dict, data: dict, inputs_digest: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest Trainer checkpoint that was fully written. The Trainer writes trainer_state.json
+    last, so a run killed while saving leaves a folder without a readable one: skip it."""
+    found = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            log.warning("skipping incomplete checkpoint %s (interrupted while saving)", checkpoint)
+            continue
+        return str(checkpoint)
+    return None
+
+
 def checkpoint_step(checkpoint: str | None) -> int | None:
     """The optimizer step of a Trainer checkpoint folder (`.../checkpoint-<step>`)."""
     return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else None

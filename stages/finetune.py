@@ -119,7 +119,6 @@ def resolved(params, arm: str, run_dir: Path, dev: str, world_size: int = 1) -> 
 def train(arm: str, params, run_dir: Path, dev: str, world_size: int) -> dict:
     import datasets
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     cfg, paths = params.finetune, params.paths
     data, args = resolved(params, arm, run_dir, dev, world_size)
@@ -136,7 +135,7 @@ def train(arm: str, params, run_dir: Path, dev: str, world_size: int) -> dict:
     as_dataset = lambda ex: datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in ex])  # noqa: E731
 
     model = ft.apply_method(model, cfg)
-    resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    resume = ft.last_complete_checkpoint(Path(args.output_dir))
     is_main = int(os.environ.get("RANK", "0")) == 0
     curves = ft.LossCurves(run_dir / "live", resume_step=ft.checkpoint_step(resume)) if is_main else None
     trainer = Trainer(model=model, args=args, train_dataset=as_dataset(train_ex),

@@ -199,28 +199,29 @@ def test_two_gloo_processes_under_accelerate(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill(tmp_path):
-    make_project(tmp_path, max_steps=60, save_steps=4, eval_steps=100, batch_size=2)
+    make_project(tmp_path, max_steps=120, save_steps=4, eval_steps=1000, batch_size=2)
     checkpoints = tmp_path / ".sdd-scratch/finetune/sft/checkpoints"
     proc = run_stage(tmp_path, "sft", start_new_session=True)
     deadline = time.time() + 300
-    while not list(checkpoints.glob("checkpoint-4")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file() and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.02)  # kill right after the first checkpoint: the rest of the run is the window
     assert proc.poll() is None, "training ended before it could be killed; raise max_steps"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"
     assert not (tmp_path / "metrics/finetune/sft.json").exists()
-    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
-    assert killed_at < 60
+    killed_at = ft.checkpoint_step(ft.last_complete_checkpoint(checkpoints))  # a half-written one is skipped
+    assert killed_at < 120
 
     proc = run_stage(tmp_path, "sft")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     metrics = read_json(tmp_path / "metrics/finetune/sft.json")
-    assert metrics["resumed_from_step"] >= killed_at >= 4 and metrics["steps"] == 60
+    assert metrics["resumed_from_step"] >= killed_at >= 4 and metrics["steps"] == 120
     steps = [int(line.split("\t")[0]) for line in
              (tmp_path / "metrics/finetune/sft/train/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # the curve continues without duplicate points
+    assert steps == sorted(set(steps)) and steps[-1] == 120  # the curve continues without duplicate points
 
 
 def test_dvc_stage_tracks_every_shared_setting():
