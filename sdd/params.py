@@ -152,6 +152,42 @@ class PruneParams(Section):
         return value
 
 
+class EngineParams(Section):
+    """How a vLLM `LLM` is built (sdd/generation.py `build_vllm`); the `hf` engine uses dtype and seed."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    max_model_len: int = Field(default=1024, gt=0)
+    gpu_memory_utilization: float = Field(default=0.15, gt=0.0, le=1.0)
+    enforce_eager: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
+class SamplingParams(Section):
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=320, gt=0)
+    n: int = Field(default=1, ge=1)
+
+
+DEFAULT_LEAK_PHRASES = ("reference answer", "reference response", "reference solution", "the reference",
+                        "your response", "example response", "the example above", "the given solution",
+                        "worked solution", "the provided solution")
+
+
+class DistillParams(Section):
+    """Self-data distillation: the base model rewrites the responses of these prepared datasets."""
+
+    datasets: list[str] = ["gsm8k", "alpaca"]
+    engine: Literal["vllm", "hf"] = "vllm"
+    engine_args: EngineParams = EngineParams()
+    sampling: SamplingParams = SamplingParams()
+    hf_batch_size: int = Field(default=16, gt=0)
+    chunk_size: int = Field(default=256, gt=0)
+    leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
+    min_length_ratio: float = Field(default=0.3, ge=0.0)
+
+
 class MergeRecipe(Section):
     """One merge: models (dirs under `paths.models`), a mergekit method and its params."""
 
@@ -252,42 +288,6 @@ class FinetuneParams(Section):
     def training_settings(self) -> dict:
         """Everything an arm trains with except its data: identical for every arm by construction."""
         return self.model_dump(exclude={"arms"})
-
-
-class EngineParams(Section):
-    """How a vLLM `LLM` is built (sdd/generation.py `build_vllm`); the `hf` engine uses dtype and seed."""
-
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    max_model_len: int = Field(default=1024, gt=0)
-    gpu_memory_utilization: float = Field(default=0.15, gt=0.0, le=1.0)
-    enforce_eager: bool = True
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    seed: int = 0
-
-
-class SamplingParams(Section):
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=320, gt=0)
-    n: int = Field(default=1, ge=1)
-
-
-DEFAULT_LEAK_PHRASES = ("reference answer", "reference response", "reference solution", "the reference",
-                        "your response", "example response", "the example above", "the given solution",
-                        "worked solution", "the provided solution")
-
-
-class DistillParams(Section):
-    """Self-data distillation: the base model rewrites the responses of these prepared datasets."""
-
-    datasets: list[str] = ["gsm8k", "alpaca"]
-    engine: Literal["vllm", "hf"] = "vllm"
-    engine_args: EngineParams = EngineParams()
-    sampling: SamplingParams = SamplingParams()
-    hf_batch_size: int = Field(default=16, gt=0)
-    chunk_size: int = Field(default=256, gt=0)
-    leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
-    min_length_ratio: float = Field(default=0.3, ge=0.0)
 
 
 EVAL_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k")
@@ -408,9 +408,9 @@ class Params(Section):
     base_model: BaseModelParams = BaseModelParams()
     datasets: dict[str, DatasetParams]
     prepare: PrepareParams = PrepareParams()
-    distill: DistillParams = DistillParams()
     layer_scores: LayerScoresParams = LayerScoresParams()
     prune: PruneParams = PruneParams()
+    distill: DistillParams = DistillParams()
     merge: MergeParams = MergeParams()
     speculate: SpeculateParams = SpeculateParams()
     finetune: FinetuneParams = FinetuneParams()
@@ -430,24 +430,11 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
         self._check_distill()
-        self._check_pruning()
-        self._check_merge_and_speculate()
         self._check_arms()
         self._check_report()
+        self._check_pruning()
+        self._check_merge_and_speculate()
         return self
-
-    def _check_report(self) -> None:
-        """report.baseline and report.compare must name models that evaluate.models lists."""
-        models = self.evaluate.models
-        named = [("report.baseline", self.report.baseline)] + [
-            (f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair]
-        problems = [f"{key}={name!r} is not in evaluate.models{did_you_mean(name, models)}"
-                    for key, name in named if name not in models]
-        if problems:
-            raise ValueError("; ".join(problems) + f"; evaluate.models lists {sorted(models)}")
-        for task, cfg in self.evaluate.tasks.items():
-            if cfg.subjects is not None and task != "mmlu":
-                raise ValueError(f"evaluate.tasks.{task}.subjects: only mmlu has subjects; remove the key")
 
     def _check_distill(self) -> None:
         """Every dataset to distill is a prepared dataset."""
@@ -495,6 +482,19 @@ class Params(Section):
             raise ValueError(f"prune.n_layers={n} with layer_scores.metric=kl_to_base needs KL for {n}-layer blocks; "
                              f"add {n} to layer_scores.kl_n_layers (now {scores.kl_n_layers}) or choose another metric")
 
+    def _check_report(self) -> None:
+        """report.baseline and report.compare must name models that evaluate.models lists."""
+        models = self.evaluate.models
+        named = [("report.baseline", self.report.baseline)] + [
+            (f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair]
+        problems = [f"{key}={name!r} is not in evaluate.models{did_you_mean(name, models)}"
+                    for key, name in named if name not in models]
+        if problems:
+            raise ValueError("; ".join(problems) + f"; evaluate.models lists {sorted(models)}")
+        for task, cfg in self.evaluate.tasks.items():
+            if cfg.subjects is not None and task != "mmlu":
+                raise ValueError(f"evaluate.tasks.{task}.subjects: only mmlu has subjects; remove the key")
+
     def _check_arms(self) -> None:
         distilled = getattr(getattr(self, "distill", None), "datasets", None)  # None until a distill section exists
         problems = []
@@ -508,7 +508,6 @@ class Params(Section):
                                     f"{list(distilled)}; add it there or use kind 'original'")
         if problems:
             raise ValueError("; ".join(problems))
-
 
     def mirror(self) -> Path | None:
         """The dataset mirror: the `SDD_DATA_MIRROR` environment variable wins over params."""
