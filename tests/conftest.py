@@ -75,8 +75,9 @@ def save_tiny(path: Path, num_layers: int = 6, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tokenizer():
+    """A fresh tokenizer per test (cheap): stages set padding side/pad token on the object they get."""
     return build_tokenizer()
 
 

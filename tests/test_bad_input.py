@@ -20,7 +20,8 @@ from conftest import REPO
 def project(tmp_path, monkeypatch):
     """A working directory with the repository's params.yaml and one local dataset `local`."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {"local": {"source": str(tmp_path / "rows.jsonl"), "format": "alpaca", "limit": None}}
+    # Added next to the repository's datasets, so the other sections' cross-checks still hold.
+    params["datasets"]["local"] = {"source": str(tmp_path / "rows.jsonl"), "format": "alpaca", "limit": None}
     params["data_mirror"] = None
     monkeypatch.delenv("SDD_DATA_MIRROR", raising=False)
     monkeypatch.chdir(tmp_path)

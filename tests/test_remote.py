@@ -78,12 +78,12 @@ def built_repo(tmp_path: Path, tiny_model_dir: Path, mirror: Path) -> Path:
 
 
 def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> Path:
-    run_dvc(repo, "push", env=env)
+    run_dvc(repo, "push", *TARGETS, env=env)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "results")
     clone = tmp_path / "teammate"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    run_dvc(clone, "pull", env=env)
+    run_dvc(clone, "pull", *TARGETS, env=env)
     for rel in ARTIFACTS:
         a, b = repo / rel, clone / rel
         assert b.exists(), rel
