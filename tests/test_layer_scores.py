@@ -66,8 +66,10 @@ def layer_io(model, ids: list[int], first: int, second: int) -> tuple[torch.Tens
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_llama(tokenizer, num_layers=6, seed=1)
+def model():
+    # Module-scoped for speed; the tokenizer it is built from is deterministic, so it matches
+    # the per-test `tokenizer` fixture token for token.
+    return build_llama(build_tokenizer(), num_layers=6, seed=1)
 
 
 def test_one_pass_table_equals_brute_force_per_n(model, tokenizer):
