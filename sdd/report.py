@@ -24,8 +24,10 @@ def _scores(evaluation: dict) -> dict[str, recovery.Score]:
 
 def summarise(evals: dict[str, dict], samples: dict[str, pd.DataFrame], baseline: str,
               compare: list[tuple[str, str]], bootstrap: int, confidence: float, seed: int,
-              prune: dict | None = None, speculate: dict[str, dict] | None = None) -> dict:
-    """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame."""
+              prune: dict | None = None, speculate: dict[str, dict] | None = None,
+              layer_scores: dict | None = None) -> dict:
+    """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame; layer_scores:
+    the layer_scores stage's scores.json (which block each metric picks, and how well it predicts KL)."""
     if baseline not in evals:
         raise ValueError(f"report.baseline={baseline!r} has no evaluation; evaluated: {sorted(evals)}")
     base = _scores(evals[baseline])
@@ -63,9 +65,30 @@ def summarise(evals: dict[str, dict], samples: dict[str, pd.DataFrame], baseline
     order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
     return {"baseline": baseline, "tasks": order, "models": models, "comparisons": comparisons,
             "prune": prune, "chance": {t: s.chance for t, s in base.items()},
+            "layer_selection": layer_selection(layer_scores, prune) if layer_scores else None,
             "settings": {**settings, "shots": {t: v["shots"] for t, v in evals[baseline]["tasks"].items()},
                          "limit": {t: v["limit"] for t, v in evals[baseline]["tasks"].items()},
                          "fewshot_split": {t: v["fewshot_split"] for t, v in evals[baseline]["tasks"].items()}}}
+
+
+def layer_selection(scores: dict, prune: dict | None) -> dict:
+    """Which block each metric picks for the pruned depth, with the measured KL where kl_to_base
+    ran, and each proxy's Spearman rank correlation with that KL over the measured candidates."""
+    n = str(prune["n_layers"]) if prune else str(min(int(k) for k in scores["best_start"]))
+    measured = scores.get("kl_to_base", {}).get(n)
+    chosen = {}
+    for metric, by_n in scores["best_start_by_metric"].items():
+        if n not in by_n:
+            continue
+        start = by_n[n]
+        row = {"start": start, "layers": [start, start + int(n) - 1]}
+        if measured:  # every metric's choice is among the measured candidates
+            fid = next(c for c in measured["candidates"] if c["start"] == start)
+            row.update(kl=fid["kl"], top1=fid["top1"], rank_correlation=measured["rank_correlation"].get(metric))
+        chosen[metric] = row
+    return {"n_layers": int(n), "metric": scores["metric"], "token": scores.get("token"), "chosen_by": chosen,
+            "candidates": len(measured["candidates"]) if measured else 0,
+            "pruned_start": prune.get("start") if prune else None}
 
 
 def _pct(x: float) -> str:
@@ -122,6 +145,8 @@ def markdown(summary: dict) -> str:
                          f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] ({c['paired_items']} paired items, "
                          f"{c['iterations']} resamples, stratified by subtask)")
         lines.append("")
+    if summary.get("layer_selection"):
+        lines += _layer_selection_lines(summary["layer_selection"])
     if summary["prune"]:
         p = summary["prune"]
         lines += [f"Pruning removed layers {p.get('removed_layers')}: {_num(p.get('params_reduction_pct'), 1)}% fewer "
@@ -135,6 +160,48 @@ def markdown(summary: dict) -> str:
     for t in tasks:
         lines.append(f"| {EVAL_TASK_TITLES.get(t, t)} | {s['shots'][t]} | {s['limit'][t]} | {s['fewshot_split'][t]} |")
     return "\n".join(lines) + "\n"
+
+
+def _layer_selection_lines(sel: dict) -> list[str]:
+    n, k = sel["n_layers"], sel["candidates"]
+    lines = [f"## Layer selection (n = {n})", "",
+             f"The block each `layer_scores` metric would cut (`{sel['metric']}` chose; "
+             f"angular_last_token reads the `{sel['token']}` token). KL(base ‖ cut) and top-1 agreement are "
+             f"measured on the calibration set; ρ is the Spearman rank correlation of the metric with that KL "
+             f"over the {k} measured candidate blocks (1 = the metric ranks blocks exactly as fidelity does).", ""]
+    if k:
+        lines += ["| metric | layers cut | KL(base ‖ cut) | top-1 agree | ρ with KL |", "|---|---|---|---|---|"]
+    else:
+        lines += ["| metric | layers cut |", "|---|---|"]
+    for metric, row in sel["chosen_by"].items():
+        mark = " (used)" if metric == sel["metric"] else ""
+        cells = [f"`{metric}`{mark}", f"{row['layers'][0]}–{row['layers'][1]}"]
+        if k:
+            rho = row.get("rank_correlation")
+            cells += [_num(row["kl"]), _pct(row["top1"]), "—" if metric == "kl_to_base" else _num(rho, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def sweep_rows(summary: dict) -> list[dict]:
+    """One row per non-baseline model of this run, at its cut depth: `dvc plots diff` over the
+    experiments of a `prune.n_layers` sweep draws one point per (experiment, model)."""
+    prune = summary["prune"] or {}
+    return [{"model": n, "n_layers": prune.get("n_layers"), "start": prune.get("start"),
+             "flops_reduction_pct": prune.get("flops_reduction_pct"),
+             "params_reduction_pct": prune.get("params_reduction_pct"),
+             "recovery": _round_pct(m["recovery"]),
+             "recovery_chance_normalised": _round_pct(m["recovery_chance_normalised"]),
+             "kl": _round(m["fidelity"]["kl"], 4), "top1_agreement": _round_pct(m["fidelity"]["top1_agreement"])}
+            for n, m in summary["models"].items() if n != summary["baseline"]]
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, digits)
+
+
+def _round_pct(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(100 * x, 2)
 
 
 def plot_rows(summary: dict) -> tuple[list[dict], list[dict]]:

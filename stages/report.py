@@ -4,9 +4,11 @@
 
 Reads `<paths.metrics>/evaluate/<model>.json` and `<paths.eval>/<model>.parquet` for every model
 in evaluate.models, `<paths.metrics>/prune/prune.json` (parameters, FLOPs) and, where they exist,
-`<paths.metrics>/speculate/<draft>.json`. Writes `<paths.reports>/recovery.md`,
+`<paths.metrics>/speculate/<draft>.json`, and `<paths.metrics>/layer_scores/scores.json` (which
+block each metric picks). Writes `<paths.reports>/recovery.md`,
 `<paths.metrics>/report/report.json` (`dvc metrics show`) and the `dvc plots` data
-`<paths.reports>/plots/{recovery,tasks}.csv`.
+`<paths.reports>/plots/{recovery,tasks,sweep}.csv` (sweep: one row per model at this run's cut
+depth, drawn across experiments by dvc.yaml's top-level `plots`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 
 from sdd.io import atomic_path, read_json, read_parquet, write_json
 from sdd.params import load_params
-from sdd.report import markdown, plot_rows, summarise
+from sdd.report import markdown, plot_rows, summarise, sweep_rows
 from sdd.runtime import log_params, run_stage, timed
 from sdd.schemas import EVAL_SAMPLES
 
@@ -44,14 +46,17 @@ def main(argv: list[str]) -> None:
             log.warning("%s not found: the table has no parameter/FLOPs columns", prune_file)
         speculate_dir = Path(paths.metrics) / "speculate"
         speculate = {f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json"))}
+        scores_file = paths.metrics_file("layer_scores", "scores")
+        layer_scores = read_json(scores_file) if scores_file.is_file() else None
         result = summarise(evals, samples, cfg.baseline, cfg.compare, cfg.bootstrap, cfg.confidence, cfg.seed,
-                           prune=prune, speculate=speculate)
+                           prune=prune, speculate=speculate, layer_scores=layer_scores)
         text = markdown(result)
         with atomic_path(paths.report_file("recovery.md")) as tmp:
             tmp.write_text(text, encoding="utf-8")
         recovery_rows, task_rows = plot_rows(result)
         write_csv(recovery_rows, paths.report_file("plots/recovery.csv"))
         write_csv(task_rows, paths.report_file("plots/tasks.csv"))
+        write_csv(sweep_rows(result), paths.report_file("plots/sweep.csv"))
         write_json(paths.metrics_file("report"), {"models": result["models"], "comparisons": result["comparisons"]})
         log.info("recovery table:\n%s", text)
         summary.update(models=len(evals), comparisons=len(result["comparisons"]))

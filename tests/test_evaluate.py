@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, build_llama, save_tiny
+from conftest import REPO, build_llama, copy_repo, run_dvc, save_tiny
 from sdd.fidelity_measure import compare, reference_sequences, render_prompts
 
 ROWS = {
@@ -122,13 +122,33 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     # A hand-made prune.json and one speculate file: the table shows their columns.
     (tmp_path / "metrics/prune").mkdir(parents=True)
     (tmp_path / "metrics/prune/prune.json").write_text(json.dumps(
-        {"removed_layers": [2, 3], "parameters_before": 2e6, "parameters_after": 1.5e6, "flops_per_token_before": 4e6,
+        {"removed_layers": [2, 3], "n_layers": 2, "start": 2, "parameters_before": 2e6, "parameters_after": 1.5e6, "flops_per_token_before": 4e6,
          "flops_per_token_after": 3e6, "flops_reduction_pct": 25.0, "params_reduction_pct": 25.0}))
     (tmp_path / "metrics/speculate").mkdir(parents=True)
     (tmp_path / "metrics/speculate/pruned.json").write_text(json.dumps(
         {"acceptance_rate": 0.5, "mean_accepted_length": 2.0, "speedup": 1.3, "k": 4, "temperature": 0.0}))
+    (tmp_path / "metrics/layer_scores").mkdir(parents=True)
+    candidates = [{"start": 1, "kl": 0.9, "top1": 0.4, "angular_last_token": 0.1, "block_influence": 0.3},
+                  {"start": 2, "kl": 0.2, "top1": 0.8, "angular_last_token": 0.2, "block_influence": 0.1}]
+    (tmp_path / "metrics/layer_scores/scores.json").write_text(json.dumps(
+        {"metric": "kl_to_base", "token": "last", "best_start": {"2": 2},
+         "best_start_by_metric": {"angular_last_token": {"1": 0, "2": 1}, "block_influence": {"1": 3, "2": 2},
+                                  "kl_to_base": {"2": 2}},
+         "kl_to_base": {"2": {"candidates": candidates, "best_start": 2,
+                              "rank_correlation": {"angular_last_token": -1.0, "block_influence": 1.0}}}}))
     run_stage(tmp_path, "stages.report")
     table = (tmp_path / "reports/recovery.md").read_text()
+    # which block each metric picks, its measured KL, and how well it ranks blocks by KL
+    assert "## Layer selection (n = 2)" in table
+    assert "| `angular_last_token` | 1–2 | 0.900 | 40.0% | -1.00 |" in table
+    assert "| `kl_to_base` (used) | 2–3 | 0.200 | 80.0% | — |" in table
+    # one row per non-baseline model at this depth (chance-normalised: NaN for a random base at chance)
+    sweep = pd.read_csv(tmp_path / "reports/plots/sweep.csv")
+    assert "recovery_chance_normalised" in sweep
+    assert sweep.drop(columns="recovery_chance_normalised").to_dict("records") == [{
+        "model": "pruned", "n_layers": 2, "start": 2, "flops_reduction_pct": 25.0, "params_reduction_pct": 25.0,
+        "recovery": round(100 * pruned["average"] / base["average"], 2),
+        "kl": round(pruned["fidelity"]["kl"], 4), "top1_agreement": round(100 * pruned["fidelity"]["top1_agreement"], 2)}]
     assert "| `base` |" in table and "| `pruned` |" in table and "100.0%" in table
     assert "`pruned` − `base`" in table and "params (M)" in table and "draft acceptance" in table
     report = json.loads((tmp_path / "metrics/report/report.json").read_text())
@@ -157,3 +177,26 @@ def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):
     assert moved["kl"] > 1e-3 and moved["top1_agreement"] < 1.0
     # greedy text is the reference's argmax: its own perplexity is lower than the perturbed model's
     assert moved["perplexity"] > same["reference_perplexity"]
+
+
+def test_sweep_plots_draw_one_point_per_experiment_and_model(tmp_path):
+    """dvc.yaml's top-level sweep plots overlay each revision's reports/plots/sweep.csv."""
+    repo = copy_repo(tmp_path / "repo")
+    sweep = repo / "reports/plots/sweep.csv"
+    sweep.parent.mkdir(parents=True)
+    header = "model,n_layers,flops_reduction_pct,recovery,recovery_chance_normalised,kl\n"
+    sweep.write_text(header + "sdd,6,13.0,90.0,50.0,1.2\nsft,6,13.0,85.0,40.0,1.5\n")
+    subprocess.run("git add -A && git -c user.email=t@t -c user.name=t commit -qm n6", shell=True, cwd=repo, check=True)
+    sweep.write_text(header + "sdd,8,17.0,80.0,30.0,2.2\nsft,8,17.0,75.0,20.0,2.5\n")
+
+    plots = json.loads(run_dvc(repo, "plots", "diff", "HEAD", "--json", check=False).stdout)["data"]
+    for name, field in [("recovery_vs_flops", "recovery"), ("fidelity_vs_flops", "kl"),
+                        ("recovery_chance_normalised_vs_flops", "recovery_chance_normalised")]:
+        (plot,) = plots[name]
+        points = {(p["rev"], p["model"]): (float(p["flops_reduction_pct"]), float(p[field]))
+                  for p in plot["content"]["data"]["values"]}
+        expected = {"recovery": [90.0, 85.0, 80.0, 75.0], "kl": [1.2, 1.5, 2.2, 2.5],
+                    "recovery_chance_normalised": [50.0, 40.0, 30.0, 20.0]}[field]
+        assert points == {("HEAD", "sdd"): (13.0, expected[0]), ("HEAD", "sft"): (13.0, expected[1]),
+                          ("workspace", "sdd"): (17.0, expected[2]), ("workspace", "sft"): (17.0, expected[3])}
+        assert plot["content"]["encoding"]["x"]["field"] == "flops_reduction_pct"
