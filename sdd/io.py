@@ -71,11 +71,17 @@ def read_json(path: str | os.PathLike):
 def _describe(path: Path, err: SchemaError | SchemaErrors) -> str:
     if isinstance(err, SchemaErrors):
         cases = err.failure_cases.head(10)
-        rows = "; ".join(
-            f"column {r.column!r} check {r.check!r} row {r['index']} value {r.failure_case!r}" for _, r in cases.iterrows()
-        )
+        rows = "; ".join(_violation(r) for _, r in cases.iterrows())
         return f"{path}: {len(err.failure_cases)} schema violation(s): {rows}"
     return f"{path}: {err}"
+
+
+def _violation(case) -> str:
+    if case.check == "column_in_dataframe":
+        return f"missing column {case.failure_case!r}"
+    if case.check == "column_in_schema":
+        return f"unexpected column {case.failure_case!r}"
+    return f"column {case.column!r} check {case.check!r} row {case['index']} value {case.failure_case!r}"
 
 
 def to_frame(rows: list[dict], schema: pa.DataFrameSchema) -> pd.DataFrame:
