@@ -1,25 +1,33 @@
 """Run the leaderboard tasks with lm-evaluation-harness and turn its output into this project's
 per-sample records and per-task scores.
 
-    from sdd.evaluation import build_tasks, run_lm_eval, sample_rows
-    tasks = build_tasks(params.evaluate.tasks, mirror)            # lm-eval Task objects, per-task limits
-    out = run_lm_eval(model_dir, tasks, params.evaluate, device)  # one lm-eval call
-    rows = sample_rows("base", tasks, out["samples"])
+    from sdd.evaluation import build_tasks, lm_eval_model, run_tasks
+    tasks = build_tasks(params.evaluate.tasks, mirror)          # lm-eval Task objects, per-task limits
+    done = run_tasks(lambda: lm_eval_model(model_dir, params.evaluate, device, model, tokenizer),
+                     tasks, params.evaluate, "base", checkpoint_dir, context)
 
-One lm-eval call per model (its start-up is ~18 s on CPU). Per-task limits go through lm-eval's
-`samples` argument (the first `limit` documents of each task), so every model sees the same items.
+One lm-eval call per task, on one model instance (loaded once: HF weights or one vLLM engine).
+Each finished task is saved to `checkpoint_dir` under a key of the model's bytes, the settings
+and the task's documents, so a killed evaluation resumes with the tasks it had finished. Per-task
+limits go through lm-eval's `samples` argument (the first `limit` documents of each task), so
+every model sees the same items.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from sdd import eval_tasks
+from sdd.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +50,17 @@ def lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
 
 
-def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
-    """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
+@functools.cache
+def _task_manager():
+    """lm-eval's task index (a few seconds to build): one per process, shared by every call."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager()
+    return TaskManager()
+
+
+def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
+    """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
+    manager = _task_manager()
     out = []
     for name, cfg in task_params.items():
         configs = eval_tasks.task_configs(name, cfg.shots, mirror, cfg.subjects)
@@ -66,17 +80,19 @@ def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
 
 
 def lm_eval_model(model_dir: Path, cfg, device: str, model=None, tokenizer=None):
-    """(model, model_args) for lm-eval: `hf` wraps an already loaded model, `vllm` loads the directory."""
+    """The lm-eval model every task runs on: `hf` wraps the already loaded model, `vllm` starts
+    one engine on the directory (once, not once per task)."""
     if cfg.backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device,
-                    dtype=cfg.dtype), None
+                    dtype=cfg.dtype)
     _import_vllm_backend()
-    args = {"pretrained": str(model_dir), "dtype": cfg.dtype, "seed": cfg.seed,
-            "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization, "max_model_len": cfg.vllm.max_model_len,
-            "enforce_eager": cfg.vllm.enforce_eager, "batch_size": "auto"}
-    return "vllm", args
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM(pretrained=str(model_dir), dtype=cfg.dtype, seed=cfg.seed, batch_size="auto",
+                gpu_memory_utilization=cfg.vllm.gpu_memory_utilization, max_model_len=cfg.vllm.max_model_len,
+                enforce_eager=cfg.vllm.enforce_eager)
 
 
 def _import_vllm_backend() -> None:
@@ -100,18 +116,69 @@ def _import_vllm_backend() -> None:
         md.version = real
 
 
-def run_lm_eval(lm, model_args, tasks: list[Task], cfg) -> dict:
-    """One `simple_evaluate` call over every subtask, with the documents `tasks` chose."""
+def run_lm_eval(lm, tasks: list[Task], cfg) -> dict:
+    """One `simple_evaluate` call over the subtasks of `tasks`, with the documents they chose."""
     from lm_eval import simple_evaluate
 
     subtasks = [t for task in tasks for t in task.subtasks.values()]
     samples = {name: idx for task in tasks for name, idx in task.indices.items()}
     return simple_evaluate(
-        model=lm, model_args=model_args, tasks=subtasks, samples=samples, log_samples=True,
+        model=lm, tasks=subtasks, samples=samples, log_samples=True, task_manager=_task_manager(),
         apply_chat_template=cfg.chat_template, fewshot_as_multiturn=cfg.chat_template,
         random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
         fewshot_random_seed=cfg.seed, bootstrap_iters=0, confirm_run_unsafe_code=False,
     )
+
+
+def task_key(task: Task, context: dict) -> str:
+    """What a task's result depends on: `context` (model digest, backend, dtype, batch size, chat
+    template, seed, lm-eval version, data source) plus the task's shots and documents."""
+    blob = json.dumps({"context": context, "task": task.name, "shots": task.shots, "source": task.source,
+                       "fewshot_split": task.fewshot_split, "indices": task.indices}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_checkpoint(path: Path, task: Task) -> dict | None:
+    """A finished task's saved rows and lm-eval scores, or None if absent or not this task's."""
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("ignoring unreadable checkpoint %s (%s); evaluating %s again", path, err, task.name)
+        return None
+    if not isinstance(done, dict) or len(done.get("rows", [])) != sum(len(i) for i in task.indices.values()):
+        log.warning("ignoring checkpoint %s: it does not hold every item of %s", path, task.name)
+        return None
+    return done
+
+
+def run_tasks(make_lm, tasks: list[Task], cfg, model_name: str, checkpoint_dir: Path, context: dict) -> dict:
+    """Evaluate task by task, saving each finished task to `checkpoint_dir`; tasks already saved
+    under the same key are read back instead. `make_lm()` builds the lm-eval model, called only
+    when a task needs it (a fully checkpointed run starts no engine). Returns {"rows": EVAL_SAMPLES
+    rows, "lm_eval": task -> lm-eval's own aggregates, "reused": tasks read back}."""
+    keys = {t.name: task_key(t, context) for t in tasks}
+    wanted = {f"{name}-{key}.json" for name, key in keys.items()}
+    if checkpoint_dir.is_dir():
+        for stale in (p for p in checkpoint_dir.glob("*.json") if p.name not in wanted):
+            log.info("removing a checkpoint of other settings or another model: %s", stale)
+            stale.unlink()
+    rows, scores, reused, lm = [], {}, [], None
+    for task in tqdm(tasks, desc=f"evaluate@{model_name}", unit="task"):
+        path = checkpoint_dir / f"{task.name}-{keys[task.name]}.json"
+        done = _load_checkpoint(path, task)
+        if done is None:
+            lm = lm or make_lm()
+            out = run_lm_eval(lm, [task], cfg)
+            done = {"rows": sample_rows(model_name, [task], out["samples"]), "lm_eval": lm_eval_scores(task, out["results"])}
+            write_json(path, done)
+        else:
+            reused.append(task.name)
+            log.info("%s: read back from %s", task.name, path)
+        rows += done["rows"]
+        scores[task.name] = done["lm_eval"]
+    return {"rows": rows, "lm_eval": scores, "reused": reused}
 
 
 def _prediction(sample: dict, output_type: str) -> str:

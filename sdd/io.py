@@ -3,6 +3,7 @@ and Parquet validated against a pandera schema on the way out and on the way in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,19 @@ def atomic_path(final: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tree_digest(directory: str | os.PathLike) -> str:
+    """sha256 over every file of a directory (relative names and bytes): the cache key of what was
+    computed from a model, so a checkpoint is reused only for the very same weights and tokenizer."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
@@ -57,11 +71,17 @@ def read_json(path: str | os.PathLike):
 def _describe(path: Path, err: SchemaError | SchemaErrors) -> str:
     if isinstance(err, SchemaErrors):
         cases = err.failure_cases.head(10)
-        rows = "; ".join(
-            f"column {r.column!r} check {r.check!r} row {r['index']} value {r.failure_case!r}" for _, r in cases.iterrows()
-        )
+        rows = "; ".join(_violation(r) for _, r in cases.iterrows())
         return f"{path}: {len(err.failure_cases)} schema violation(s): {rows}"
     return f"{path}: {err}"
+
+
+def _violation(case) -> str:
+    if case.check == "column_in_dataframe":
+        return f"missing column {case.failure_case!r}"
+    if case.check == "column_in_schema":
+        return f"unexpected column {case.failure_case!r}"
+    return f"column {case.column!r} check {case.check!r} row {case['index']} value {case.failure_case!r}"
 
 
 def to_frame(rows: list[dict], schema: pa.DataFrameSchema) -> pd.DataFrame:

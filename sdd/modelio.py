@@ -69,7 +69,7 @@ def load_source(source: str, revision: str | None, *, trust_remote_code: bool, a
         return model, tok
     local = Path(source).expanduser()
     if local.exists() or source.startswith((".", "/", "~")):
-        check_model_dir(local, allow_pickle=allow_pickle)
+        check_model_dir(local, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         source = str(local)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "use_safetensors": not allow_pickle or None}
     tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
@@ -77,14 +77,19 @@ def load_source(source: str, revision: str | None, *, trust_remote_code: bool, a
     return model, tok
 
 
-def check_model_dir(path: Path, *, allow_pickle: bool = False) -> dict:
-    """Refuse a directory that is not a usable checkpoint; return its config."""
+def check_model_dir(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> dict:
+    """Refuse a directory that is not a usable checkpoint, or that needs its own Python code
+    without trust_remote_code; return its config."""
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist; run the stage that writes it (dvc repro)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{path} has no config.json; it is not a Hugging Face model directory")
     config = json.loads(config_file.read_text())
+    if config.get("auto_map") and not trust_remote_code:
+        raise ValueError(f"{config_file} maps to Python code shipped with the model (auto_map: "
+                         f"{sorted(config['auto_map'])}); it is not run by default. Set base_model.trust_remote_code: "
+                         f"true in params.yaml only if you trust that code")
     safetensors = sorted(path.glob("*.safetensors"))
     pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
     if not safetensors:

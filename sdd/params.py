@@ -24,6 +24,13 @@ MIRROR_ENV = "SDD_DATA_MIRROR"
 PARAMS_FILE = "params.yaml"
 
 
+def check_names(kind: str, names) -> None:
+    """Names of datasets, arms, recipes, models and drafts become file and folder names."""
+    bad = [name for name in names if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+    if bad:
+        raise ValueError(f"{kind} names {bad} must use letters, digits, '_' or '-' (they become file and folder names)")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -226,9 +233,7 @@ class MergeParams(Section):
     @field_validator("recipes")
     @classmethod
     def _recipe_names(cls, value: dict[str, MergeRecipe]) -> dict[str, MergeRecipe]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-        if bad:
-            raise ValueError(f"recipe names {bad} must use letters, digits, '_' or '-' (they become folder names)")
+        check_names("recipe", value)
         return value
 
 
@@ -277,9 +282,7 @@ class FinetuneParams(Section):
     @field_validator("arms")
     @classmethod
     def _arm_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-        if bad:
-            raise ValueError(f"arm names {bad} must use letters, digits, '_' or '-' (they become folder names)")
+        check_names("arm", value)
         empty = [name for name, data in value.items() if not data]
         if empty:
             raise ValueError(f"arms {empty} name no dataset; give each arm at least one `<dataset>: original|distilled`")
@@ -353,9 +356,7 @@ class EvaluateParams(Section):
     @field_validator("models")
     @classmethod
     def _model_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-        if bad:
-            raise ValueError(f"model names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        check_names("model", value)
         return value
 
     def model(self, name: str) -> str:
@@ -396,9 +397,7 @@ class SpeculateParams(Section):
     @field_validator("drafts")
     @classmethod
     def _draft_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-        if bad:
-            raise ValueError(f"draft names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        check_names("draft", value)
         return value
 
 
@@ -422,9 +421,7 @@ class Params(Section):
     def _dataset_names(cls, value: dict[str, DatasetParams]) -> dict[str, DatasetParams]:
         if not value:
             raise ValueError("at least one dataset is needed")
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-        if bad:
-            raise ValueError(f"dataset names {bad} must use letters, digits, '_' or '-' (they become file names)")
+        check_names("dataset", value)
         return value
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sdd.answers import apply_selection
 from sdd.generation import Generation
-from sdd.io import atomic_path, read_parquet, to_frame, write_json, write_parquet
+from sdd.io import atomic_path, read_parquet, to_frame, tree_digest, write_json, write_parquet
 from sdd.modelio import check_model_dir
 from sdd.params import load_params
 from sdd.prompts import build_messages, fingerprint as template_fingerprint, render, template_for
@@ -27,17 +27,6 @@ from sdd.runtime import device, log_params, run_stage, timed
 from sdd.schemas import DISTILLED, PREPARED
 
 log = logging.getLogger(__name__)
-
-
-def file_digest(directory: Path) -> str:
-    """sha256 over every file of a model directory (names and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def run_fingerprint(model_digest: str, rows: list[dict], template, cfg) -> str:
@@ -118,7 +107,7 @@ def main(argv: list[str]) -> None:
                         "their original response (reason prompt_too_long)", fits.count(False), len(rows),
                         cfg.engine_args.max_model_len)
 
-        key = run_fingerprint(file_digest(model_dir), rows, template, cfg)
+        key = run_fingerprint(tree_digest(model_dir), rows, template, cfg)
         root = Path(paths.scratch) / "distill" / name
         for stale in (p for p in root.glob("*") if p.is_dir() and p.name != key):
             log.info("removing chunks of an older fingerprint: %s", stale)

@@ -4,18 +4,22 @@
 
 Writes `<paths.metrics>/evaluate/<name>.json` (score and stderr per task, the average, fidelity,
 and every setting behind the numbers: lm-eval version, backend, shots, limits, splits, few-shot
-source) and `<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES).
+source) and `<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES). Each
+finished task is checkpointed under `<paths.scratch>/evaluate/<name>/`, keyed by the model's bytes,
+the settings and the task's documents: a killed run resumes with the tasks it had finished, and
+the outputs are written (atomically) only once every task and the fidelity measurement are done.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from sdd import evaluation, recovery, sources
 from sdd.adapters import adapt_rows
 from sdd.fidelity_measure import compare, reference_sequences, render_prompts
-from sdd.io import to_frame, write_json, write_parquet
+from sdd.io import to_frame, tree_digest, write_json, write_parquet
 from sdd.modelio import load_model
 from sdd.params import load_params
 from sdd.runtime import device, log_params, run_stage, timed
@@ -59,30 +63,32 @@ def main(argv: list[str]) -> None:
         mirror = params.mirror()
         tasks = evaluation.build_tasks(cfg.tasks, mirror)
         # hf: lm-eval wraps the model loaded here (safetensors checks), fidelity reuses it;
-        # vllm: lm-eval starts its own engine, the HF model is loaded for fidelity afterwards.
+        # vllm: lm-eval starts one engine, the HF model is loaded for fidelity afterwards.
         model, tokenizer = load_model(model_dir, cfg.dtype, dev) if cfg.backend == "hf" else (None, None)
-        lm, model_args = evaluation.lm_eval_model(model_dir, cfg, dev, model, tokenizer)
-        out = evaluation.run_lm_eval(lm, model_args, tasks, cfg)
-        del lm
+        settings = {"lm_eval_version": evaluation.lm_eval_version(), "backend": cfg.backend, "dtype": cfg.dtype,
+                    "batch_size": cfg.batch_size, "chat_template": cfg.chat_template, "seed": cfg.seed,
+                    "device": dev, "mirror": str(mirror) if mirror else None,
+                    "vllm": cfg.vllm.model_dump() if cfg.backend == "vllm" else None}
+        done = evaluation.run_tasks(lambda: evaluation.lm_eval_model(model_dir, cfg, dev, model, tokenizer), tasks,
+                                    cfg, name, Path(paths.scratch) / "evaluate" / name,
+                                    {**settings, "model": tree_digest(model_dir)})
         if model is None:
             model, tokenizer = load_model(model_dir, cfg.dtype, dev)
-        rows = evaluation.sample_rows(name, tasks, out["samples"])
-        samples = write_parquet(to_frame(rows, EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
+        samples = write_parquet(to_frame(done["rows"], EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
         scores = recovery.task_scores(samples)
         fidelity = measure_fidelity(params, name, model, tokenizer, dev)
         metrics = {
             "model": name, "model_dir": str(model_dir),
             "average": recovery.average(scores),
             "tasks": {t.name: {**vars(scores[t.name]), **evaluation.task_settings(t),
-                               "lm_eval": evaluation.lm_eval_scores(t, out["results"])} for t in tasks},
+                               "lm_eval": done["lm_eval"][t.name]} for t in tasks},
             "fidelity": fidelity,
-            "settings": {"lm_eval_version": evaluation.lm_eval_version(), "backend": cfg.backend, "dtype": cfg.dtype,
-                         "batch_size": cfg.batch_size, "chat_template": cfg.chat_template, "seed": cfg.seed,
-                         "device": dev, "mirror": str(mirror) if mirror else None,
-                         "vllm": cfg.vllm.model_dump() if cfg.backend == "vllm" else None},
+            "settings": settings,
+            "tasks_reused": done["reused"],
         }
         write_json(paths.metrics_file("evaluate", name), metrics)
-        summary.update(average=round(metrics["average"], 4), kl=round(fidelity["kl"], 4), items=len(samples))
+        summary.update(average=round(metrics["average"], 4), kl=round(fidelity["kl"], 4), items=len(samples),
+                       tasks_reused=len(done["reused"]))
 
 
 if __name__ == "__main__":

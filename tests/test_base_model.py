@@ -61,6 +61,24 @@ def test_bad_model_directories(tiny_model_dir, tmp_path):
         modelio.check_model_dir(lying)
 
 
+def test_custom_code_is_refused_unless_trusted(tiny_model_dir, tmp_path):
+    """A directory whose config points at its own modeling code: nothing of it runs by default."""
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (custom / f.name).write_bytes(f.read_bytes())
+    marker = tmp_path / "code-ran"
+    (custom / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((custom / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (custom / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"auto_map.*base_model.trust_remote_code: true"):
+        modelio.load_source(str(custom), None, trust_remote_code=False, allow_pickle=False)
+    with pytest.raises(ValueError, match="auto_map"):
+        modelio.load_model(custom)
+    assert not marker.exists()
+
+
 @pytest.mark.slow
 def test_bundled_smollm2_matches_gguf(tmp_path):
     model, tok = modelio.load_source("bundled:smollm2-135m-instruct", None, trust_remote_code=False, allow_pickle=False)

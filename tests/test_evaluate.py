@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, build_llama, copy_repo, run_dvc, save_tiny
+from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc, save_tiny
 from sdd.fidelity_measure import compare, reference_sequences, render_prompts
 
 ROWS = {
@@ -74,10 +76,13 @@ def params(models: dict, compare: list) -> dict:
     }
 
 
+def stage_env(cwd: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "SDD_DATA_MIRROR": str(cwd / "mirror"), "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache")}
+
+
 def run_stage(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SDD_DATA_MIRROR": str(cwd / "mirror"), "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache")}
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=stage_env(cwd), capture_output=True, text=True)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stderr[-4000:]}"
 
 
@@ -157,6 +162,77 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     assert report["comparisons"]["pruned-base"]["paired_items"] == len(samples)
     plots = pd.read_csv(tmp_path / "reports/plots/tasks.csv")
     assert len(plots) == 2 * 6
+
+
+def evaluate_workdir(root: Path) -> Path:
+    write_mirror(root / "mirror")
+    save_tiny(root / "data/models/base", num_layers=6, seed=0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params({"base": "base"}, [])))
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
+    """SIGKILL evaluate@base once some tasks are checkpointed: no output is left for a later stage,
+    and the re-run reads those tasks back (untouched) and ends with the uninterrupted run's result."""
+    reference = evaluate_workdir(tmp_path / "ref")
+    run_stage(reference, "stages.evaluate", "base")
+    work = evaluate_workdir(tmp_path / "killed")
+    checkpoints = work / ".sdd-scratch/evaluate/base"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate", "base"], cwd=work, env=stage_env(work),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(checkpoints.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "evaluate finished before it could be killed; make it slower"
+    done = {p: p.stat().st_mtime_ns for p in checkpoints.glob("*.json")}
+    assert 2 <= len(done) < 6
+    assert not (work / "metrics/evaluate/base.json").exists() and not (work / "data/eval/base.parquet").exists()
+
+    run_stage(work, "stages.evaluate", "base")
+    metrics = json.loads((work / "metrics/evaluate/base.json").read_text())
+    assert sorted(metrics["tasks_reused"]) == sorted(p.name.rsplit("-", 1)[0] for p in done)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # read back, not redone
+    expected = json.loads((reference / "metrics/evaluate/base.json").read_text())
+    for task in (metrics["tasks"], expected["tasks"]):  # the mirror's path differs between the two runs
+        for t in task.values():
+            t.pop("source")
+    assert metrics["tasks"] == expected["tasks"] and metrics["average"] == expected["average"]
+    pd.testing.assert_frame_equal(pd.read_parquet(work / "data/eval/base.parquet"),
+                                  pd.read_parquet(reference / "data/eval/base.parquet"))
+
+    # Another setting (here the batch size) is another key: nothing is read back, old files go.
+    cfg = yaml.safe_load((work / "params.yaml").read_text())
+    cfg["evaluate"]["batch_size"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(cfg))
+    run_stage(work, "stages.evaluate", "base")
+    assert json.loads((work / "metrics/evaluate/base.json").read_text())["tasks_reused"] == []
+    assert not any(p.exists() for p in done) and len(list(checkpoints.glob("*.json"))) == 6
+
+
+@pytest.mark.slow
+def test_vllm_backend_runs_every_task_on_one_engine_and_resumes(tmp_path):
+    work = evaluate_workdir(tmp_path)
+    tok = build_tokenizer()
+    model = build_llama(tok, num_layers=4, seed=0, hidden=128)  # head size 32: vLLM's CPU attention accepts it
+    model.save_pretrained(work / "data/models/base", safe_serialization=True)
+    tok.save_pretrained(work / "data/models/base")
+    cfg = yaml.safe_load((work / "params.yaml").read_text())
+    cfg["evaluate"] |= {"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.05, "max_model_len": 512,
+                                                     "enforce_eager": True}}
+    (work / "params.yaml").write_text(yaml.safe_dump(cfg))
+    run_stage(work, "stages.evaluate", "base")
+    first = json.loads((work / "metrics/evaluate/base.json").read_text())
+    assert first["settings"]["backend"] == "vllm" and first["tasks_reused"] == []
+    assert {t: v["n"] for t, v in first["tasks"].items()} == {
+        "arc_challenge": LIMIT, "hellaswag": LIMIT, "mmlu": 2 * LIMIT, "truthfulqa_mc2": LIMIT, "winogrande": LIMIT,
+        "gsm8k": LIMIT}
+    assert all(0.0 <= v["score"] <= 1.0 for v in first["tasks"].values())
+    run_stage(work, "stages.evaluate", "base")  # every task checkpointed: no engine starts
+    second = json.loads((work / "metrics/evaluate/base.json").read_text())
+    assert sorted(second["tasks_reused"]) == sorted(first["tasks"]) and second["tasks"] == first["tasks"]
 
 
 def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):

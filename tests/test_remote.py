@@ -23,7 +23,9 @@ ARTIFACTS = ["data/models/base", "data/prepared/gsm8k.parquet", "data/prepared/a
              "data/prepared/alpaca.rejected.parquet"]
 # Throwaway credentials for the local moto server; real ones come from the environment or
 # `dvc remote modify --local`, never from params.yaml.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# Distinctive values, so the test can tell that they were written nowhere.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "sdd-test-key-id-5c1e", "AWS_SECRET_ACCESS_KEY": "sdd-test-secret-9f7b2",
+          "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:
@@ -77,13 +79,14 @@ def built_repo(tmp_path: Path, tiny_model_dir: Path, mirror: Path) -> Path:
     return repo
 
 
-def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> Path:
-    run_dvc(repo, "push", *TARGETS, env=env)
+def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> tuple[Path, str]:
+    """Push, clone, pull and check; returns the clone and every command's output."""
+    pushed = run_dvc(repo, "push", *TARGETS, env=env)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "results")
     clone = tmp_path / "teammate"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    run_dvc(clone, "pull", *TARGETS, env=env)
+    pulled = run_dvc(clone, "pull", *TARGETS, env=env)
     for rel in ARTIFACTS:
         a, b = repo / rel, clone / rel
         assert b.exists(), rel
@@ -98,16 +101,22 @@ def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> Path:
     again = run_dvc(clone, "repro", *TARGETS, env={**env, "SDD_DATA_MIRROR": ""})
     assert "Running stage 'base_model'" not in again.stdout and "Running stage 'prepare@" not in again.stdout, \
         status.stdout + again.stdout
-    return clone
+    return clone, "".join(p.stdout + p.stderr for p in (pushed, pulled, status, again))
 
 
 def test_s3_remote_push_clone_pull(tmp_path, tiny_model_dir, mirror, s3_server):
     repo = built_repo(tmp_path, tiny_model_dir, mirror)
     run_dvc(repo, "remote", "add", "-d", "storage", "s3://sdd-cache/dvc")
     run_dvc(repo, "remote", "modify", "storage", "endpointurl", s3_server)
-    config = (repo / ".dvc" / "config").read_text()
-    assert "testing" not in config  # credentials stay in the environment
-    share_and_pull(repo, tmp_path, env=S3_ENV)
+    clone, output = share_and_pull(repo, tmp_path, env=S3_ENV)
+    # The credentials came from the environment only: no config, metric, log or artifact holds them.
+    secrets = [S3_ENV["AWS_ACCESS_KEY_ID"].encode(), S3_ENV["AWS_SECRET_ACCESS_KEY"].encode()]
+    assert not any(secret in output.encode() for secret in secrets)
+    for root in (repo, clone):
+        # everything but git's objects and the copied tests (this file names the values)
+        for path in (p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in (".git", "tests")):
+            data = path.read_bytes()
+            assert not any(secret in data for secret in secrets), path
 
 
 def test_local_directory_remote(tmp_path, tiny_model_dir, mirror):
