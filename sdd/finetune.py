@@ -146,14 +146,21 @@ def fingerprint(settings: dict, data: dict, inputs_digest: str) -> str:
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest Trainer checkpoint that was fully written. The Trainer writes trainer_state.json
-    last, so a run killed while saving leaves a folder without a readable one: skip it."""
+    """The newest Trainer checkpoint that was fully written and is not the run's last step.
+
+    The Trainer writes trainer_state.json last, so a run killed while saving leaves a folder
+    without a readable one: skip it. A checkpoint at the final step (saved when save_steps divides
+    max_steps) is skipped too: transformers resumes from it by training one step past the end, so
+    the run resumes from the one before and repeats those steps exactly."""
     found = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
     for checkpoint in found:
         try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             log.warning("skipping incomplete checkpoint %s (interrupted while saving)", checkpoint)
+            continue
+        if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+            log.info("skipping %s: it is the last step of its run; resuming from an earlier one", checkpoint)
             continue
         return str(checkpoint)
     return None

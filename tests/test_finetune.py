@@ -232,3 +232,24 @@ def test_dvc_stage_tracks_every_shared_setting():
     shared = {f"finetune.{name}" for name in FinetuneParams.model_fields if name != "arms"}
     assert shared <= set(stage_params), f"add {sorted(shared - set(stage_params))} to dvc.yaml finetune params"
     assert "finetune" not in stage_params and "finetune.arms.${key}" in stage_params
+
+
+@pytest.mark.slow
+def test_rerun_after_a_finished_run_trains_exactly_max_steps(tmp_path):
+    """save_steps divides max_steps, so the last checkpoint is the final step. A re-run (DVC deleted
+    the output, e.g. after a code change) must not train past max_steps from it (transformers does
+    one extra step when resuming there): it resumes from the checkpoint before and ends identical."""
+    make_project(tmp_path)  # max_steps 6, save_steps 3: checkpoints 3 and 6
+    first = run_stage(tmp_path, "sft")
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    before = read_json(tmp_path / "metrics/finetune/sft.json")
+    weights = (tmp_path / "data/models/finetuned/sft/model.safetensors").read_bytes()
+    assert (tmp_path / ".sdd-scratch/finetune/sft/checkpoints/checkpoint-6").is_dir()
+
+    again = run_stage(tmp_path, "sft")
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    after = read_json(tmp_path / "metrics/finetune/sft.json")
+    assert after["resumed_from_step"] == 3 and after["steps"] == before["steps"] == 6
+    assert after["val_loss"] == before["val_loss"] and after["tokens_seen"] == before["tokens_seen"]
+    assert (tmp_path / "data/models/finetuned/sft/model.safetensors").read_bytes() == weights
