@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sdd import eval_tasks
+from sdd.generation import shutdown_vllm
 from sdd.io import write_json
 
 log = logging.getLogger(__name__)
@@ -165,19 +166,24 @@ def run_tasks(make_lm, tasks: list[Task], cfg, model_name: str, checkpoint_dir: 
             log.info("removing a checkpoint of other settings or another model: %s", stale)
             stale.unlink()
     rows, scores, reused, lm = [], {}, [], None
-    for task in tqdm(tasks, desc=f"evaluate@{model_name}", unit="task"):
-        path = checkpoint_dir / f"{task.name}-{keys[task.name]}.json"
-        done = _load_checkpoint(path, task)
-        if done is None:
-            lm = lm or make_lm()
-            out = run_lm_eval(lm, [task], cfg)
-            done = {"rows": sample_rows(model_name, [task], out["samples"]), "lm_eval": lm_eval_scores(task, out["results"])}
-            write_json(path, done)
-        else:
-            reused.append(task.name)
-            log.info("%s: read back from %s", task.name, path)
-        rows += done["rows"]
-        scores[task.name] = done["lm_eval"]
+    try:
+        for task in tqdm(tasks, desc=f"evaluate@{model_name}", unit="task"):
+            path = checkpoint_dir / f"{task.name}-{keys[task.name]}.json"
+            done = _load_checkpoint(path, task)
+            if done is None:
+                lm = lm or make_lm()
+                out = run_lm_eval(lm, [task], cfg)
+                done = {"rows": sample_rows(model_name, [task], out["samples"]),
+                        "lm_eval": lm_eval_scores(task, out["results"])}
+                write_json(path, done)
+            else:
+                reused.append(task.name)
+                log.info("%s: read back from %s", task.name, path)
+            rows += done["rows"]
+            scores[task.name] = done["lm_eval"]
+    finally:
+        if lm is not None:
+            shutdown_vllm(getattr(lm, "model", None))  # lm-eval's VLLM keeps the `LLM` there; a no-op for HF
     return {"rows": rows, "lm_eval": scores, "reused": reused}
 
 

@@ -1,18 +1,20 @@
 """Text generation engines with one output format: vLLM offline `LLM` (default) and transformers.
 
-    llm = build_vllm(model_dir, params.distill.engine_args)           # call under __main__: vLLM spawns
-    outs = generate_vllm(llm, prompt_ids, params.distill.sampling, seeds)
+    with vllm_engine(model_dir, params.distill.engine_args) as llm:   # call under __main__: vLLM spawns
+        outs = generate_vllm(llm, prompt_ids, params.distill.sampling, seeds)
     outs = generate_hf(model, tokenizer, prompt_ids, sampling, batch_size=16, seed=0)
 
 Both engines take token ids (the caller renders and tokenises once, so both see identical
 prompts) and return, per prompt, `n` `Generation`s: text, finish reason ("stop" or "length"),
 prompt and generated token counts. `build_vllm` is shared with the speculative-decoding stage,
-which passes its speculative config through `extra`.
+which passes its speculative config through `extra`. Shut every engine down when done
+(`vllm_engine` or `shutdown_vllm`): one left to interpreter exit can abort a finished stage.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,25 @@ def build_vllm(model_dir: str | Path, engine, **extra):
     kwargs.update(extra)
     log.info("building vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
     return LLM(**kwargs)
+
+
+def shutdown_vllm(llm) -> None:
+    """Stop a vLLM `LLM`'s engine-core process and background threads now. Left to interpreter
+    exit, their teardown races Python's and can abort the process after its work is done
+    ("terminate called without an active exception", exit -6), failing a finished stage."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
+@contextmanager
+def vllm_engine(model_dir: str | Path, engine, **extra):
+    """`build_vllm` as a context: the engine is shut down when the block exits."""
+    llm = build_vllm(model_dir, engine, **extra)
+    try:
+        yield llm
+    finally:
+        shutdown_vllm(llm)
 
 
 def vllm_sampling(sampling, seed: int | None = None):

@@ -81,6 +81,14 @@ class Engine:
         return generation.generate_hf(model, tok, prompt_ids, cfg.sampling, cfg.hf_batch_size,
                                       seed=cfg.engine_args.seed + 100_003 * chunk)
 
+    def close(self) -> None:
+        """Shut a vLLM engine down before the stage exits (see generation.shutdown_vllm)."""
+        if self.cfg.engine == "vllm" and self.impl is not None:
+            from sdd import generation
+
+            generation.shutdown_vllm(self.impl)
+            self.impl = None
+
 
 def main(argv: list[str]) -> None:
     (name,) = argv
@@ -116,24 +124,27 @@ def main(argv: list[str]) -> None:
         engine = Engine(cfg, model_dir)
         generations: list[list[Generation]] = []
         reused = gen_seconds = new_tokens = 0
-        for c, start in enumerate(range(0, len(rows), cfg.chunk_size)):
-            part = range(start, min(start + cfg.chunk_size, len(rows)))
-            ids = [rows[i]["id"] for i in part]
-            path = chunk_dir / f"chunk-{c:05d}.json"
-            chunk = load_chunk(path, ids)
-            if chunk is not None:
-                reused += 1
-            else:
-                todo = [i for i in part if fits[i]]
-                t0 = time.perf_counter()
-                made = iter(engine.generate([prompts[i] for i in todo], [rows[i]["id"] for i in todo], c))
-                chunk = [next(made) if fits[i] else [] for i in part]
-                gen_seconds += time.perf_counter() - t0
-                new_tokens += sum(g.generated_tokens for cands in chunk for g in cands)
-                with atomic_path(path) as tmp:
-                    tmp.write_text(json.dumps({"ids": ids, "generations": [[vars(g) for g in cands] for cands in chunk]}))
-                log.info("chunk %d: %d rows generated in %.1f s", c, len(todo), time.perf_counter() - t0)
-            generations.extend(chunk)
+        try:
+            for c, start in enumerate(range(0, len(rows), cfg.chunk_size)):
+                part = range(start, min(start + cfg.chunk_size, len(rows)))
+                ids = [rows[i]["id"] for i in part]
+                path = chunk_dir / f"chunk-{c:05d}.json"
+                chunk = load_chunk(path, ids)
+                if chunk is not None:
+                    reused += 1
+                else:
+                    todo = [i for i in part if fits[i]]
+                    t0 = time.perf_counter()
+                    made = iter(engine.generate([prompts[i] for i in todo], [rows[i]["id"] for i in todo], c))
+                    chunk = [next(made) if fits[i] else [] for i in part]
+                    gen_seconds += time.perf_counter() - t0
+                    new_tokens += sum(g.generated_tokens for cands in chunk for g in cands)
+                    with atomic_path(path) as tmp:
+                        tmp.write_text(json.dumps({"ids": ids, "generations": [[vars(g) for g in cands] for cands in chunk]}))
+                    log.info("chunk %d: %d rows generated in %.1f s", c, len(todo), time.perf_counter() - t0)
+                generations.extend(chunk)
+        finally:
+            engine.close()
 
         out = apply_selection(rows, generations, template.kind == "math", cfg.leak_phrases, cfg.min_length_ratio)
         written = write_parquet(to_frame(out, DISTILLED), paths.distilled_file(name), DISTILLED)

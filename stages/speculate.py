@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     log_params(stage, cfg)
 
     from sdd import modelio
-    from sdd.generation import build_vllm
+    from sdd.generation import vllm_engine
     from transformers import AutoTokenizer
 
     target = params.paths.model_dir(cfg.target)
@@ -86,8 +86,8 @@ def main(argv: list[str]) -> None:
               "prompt_ids": row_ids, "workload": workload, "target": cfg.target}
     with timed(stage) as summary:
         if args.baseline:
-            llm = build_vllm(target, cfg.engine_args, disable_log_stats=False)
-            run = measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
+            with vllm_engine(target, cfg.engine_args, disable_log_stats=False) as llm:
+                run = measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
             write_json(params.paths.metrics_file("speculate_base"),
                        {**common, **{k: v for k, v in run.items() if k != "counters"}})
             summary.update(tokens_per_s=round(run["tokens_per_s"], 1))
@@ -100,8 +100,8 @@ def main(argv: list[str]) -> None:
         modelio.check_model_dir(draft)
         k = cfg.num_speculative_tokens
         spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": k}
-        llm = build_vllm(target, cfg.engine_args, disable_log_stats=False, speculative_config=spec)
-        run = measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
+        with vllm_engine(target, cfg.engine_args, disable_log_stats=False, speculative_config=spec) as llm:
+            run = measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
         result = {
             **common, **speculation.acceptance(run["counters"], k), "k": k, "draft": cfg.drafts[args.draft],
             "generated_tokens": run["generated_tokens"], "seconds": run["seconds"],
