@@ -64,26 +64,41 @@ def bare_vllm(prepared: Path, model: Path, cfg) -> dict:
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    from sdd.prompts import build_messages, render, template_for
+    from sdd.data.prompts import build_messages, render, template_for
 
     start = time.perf_counter()
     rows = pd.read_parquet(prepared).to_dict("records")
     tok = AutoTokenizer.from_pretrained(model)
     template = template_for("gsm8k")
-    prompts = [{"prompt_token_ids": tok(render(tok, build_messages(r, template)), add_special_tokens=False).input_ids}
-               for r in rows]
+    prompts = [
+        {"prompt_token_ids": tok(render(tok, build_messages(r, template)), add_special_tokens=False).input_ids}
+        for r in rows
+    ]
     e = cfg.engine_args
-    llm = LLM(model=str(model), dtype=e.dtype, max_model_len=e.max_model_len, seed=e.seed,
-              gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
-              tensor_parallel_size=e.tensor_parallel_size)
+    llm = LLM(
+        model=str(model),
+        dtype=e.dtype,
+        max_model_len=e.max_model_len,
+        seed=e.seed,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        enforce_eager=e.enforce_eager,
+        tensor_parallel_size=e.tensor_parallel_size,
+    )
     ready = time.perf_counter()
     s = cfg.sampling
-    outs = llm.generate(prompts, SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n))
+    outs = llm.generate(
+        prompts, SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n)
+    )
     done = time.perf_counter()
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-    return {"rows": len(rows), "generated_tokens": tokens, "engine_start_seconds": round(ready - start, 2),
-            "generation_seconds": round(done - ready, 2), "generated_tokens_per_s": round(tokens / (done - ready), 2),
-            "wall_seconds": round(done - start, 2)}
+    return {
+        "rows": len(rows),
+        "generated_tokens": tokens,
+        "engine_start_seconds": round(ready - start, 2),
+        "generation_seconds": round(done - ready, 2),
+        "generated_tokens_per_s": round(tokens / (done - ready), 2),
+        "wall_seconds": round(done - start, 2),
+    }
 
 
 def main() -> None:
@@ -97,15 +112,20 @@ def main() -> None:
     args = ap.parse_args()
     engines = set(args.engines.split(","))
 
-    from sdd.params import Params
+    from sdd.config import Params
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     base["datasets"]["gsm8k"]["limit"] = args.rows
     if args.max_tokens:
         base["distill"]["sampling"]["max_tokens"] = args.max_tokens
     cfg = Params.model_validate(base).distill
-    results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-               "rows": args.rows, "hf_rows": args.hf_rows, "params": cfg.model_dump(), "command": " ".join(sys.argv)}
+    results = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "rows": args.rows,
+        "hf_rows": args.hf_rows,
+        "params": cfg.model_dump(),
+        "command": " ".join(sys.argv),
+    }
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
         tmp = Path(tmp)
         prep = workdir(tmp / "prepare", base, args.model)
@@ -116,12 +136,14 @@ def main() -> None:
             results["bare_vllm"] = bare_vllm(prepared, args.model, cfg)
             print("bare vLLM:", results["bare_vllm"], file=sys.stderr)
         if "vllm" in engines:
-            results["stage_vllm"] = stage(tmp / "vllm", {**base, "distill": {**base["distill"], "engine": "vllm"}},
-                                          args.model, prepared, None)
+            results["stage_vllm"] = stage(
+                tmp / "vllm", {**base, "distill": {**base["distill"], "engine": "vllm"}}, args.model, prepared, None
+            )
             print("stage vLLM:", results["stage_vllm"], file=sys.stderr)
         if "hf" in engines:
-            results["stage_hf"] = stage(tmp / "hf", {**base, "distill": {**base["distill"], "engine": "hf"}},
-                                        args.model, prepared, args.hf_rows)
+            results["stage_hf"] = stage(
+                tmp / "hf", {**base, "distill": {**base["distill"], "engine": "hf"}}, args.model, prepared, args.hf_rows
+            )
             print("stage hf:", results["stage_hf"], file=sys.stderr)
     v, h, b = results.get("stage_vllm"), results.get("stage_hf"), results.get("bare_vllm")
     if v and h:
@@ -132,11 +154,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("| run | rows | generated tokens | start s | generate s | tokens/s | wall s |\n|---|---|---|---|---|---|---|")
-    for name, r, wall in (("bare vLLM LLM.generate", b, "wall_seconds"), ("stage, engine=vllm", v, "process_wall_seconds"),
-                          ("stage, engine=hf", h, "process_wall_seconds")):
+    for name, r, wall in (
+        ("bare vLLM LLM.generate", b, "wall_seconds"),
+        ("stage, engine=vllm", v, "process_wall_seconds"),
+        ("stage, engine=hf", h, "process_wall_seconds"),
+    ):
         if r:
-            print(f"| {name} | {r['rows']} | {r['generated_tokens']} | {r['engine_start_seconds']} | "
-                  f"{r['generation_seconds']} | {r['generated_tokens_per_s']} | {r[wall]:.1f} |")
+            print(
+                f"| {name} | {r['rows']} | {r['generated_tokens']} | {r['engine_start_seconds']} | "
+                f"{r['generation_seconds']} | {r['generated_tokens_per_s']} | {r[wall]:.1f} |"
+            )
     for key in ("vllm_over_hf_tokens_per_s", "stage_overhead_generation", "stage_overhead_wall"):
         if key in results:
             print(f"{key}: {results[key]}")

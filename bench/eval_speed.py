@@ -35,31 +35,50 @@ def run(backend: str, model: str, args, scratch: Path) -> dict:
     params["evaluate"]["backend"] = backend
     params["evaluate"]["vllm"] = {**params["evaluate"]["vllm"], "gpu_memory_utilization": args.gpu_memory_utilization}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", model], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.evaluate", model], cwd=work, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"backend": backend, "error": proc.stderr[-2000:], "wall_s": round(wall, 1)}
     metrics = json.loads((work / params["paths"]["metrics"] / "evaluate" / f"{model}.json").read_text())
-    return {"backend": backend, "wall_s": round(wall, 1), "average": round(metrics["average"], 4),
-            "tasks": {t: round(v["score"], 4) for t, v in metrics["tasks"].items()},
-            "items": sum(v["n"] for v in metrics["tasks"].values()), "kl": metrics["fidelity"]["kl"]}
+    return {
+        "backend": backend,
+        "wall_s": round(wall, 1),
+        "average": round(metrics["average"], 4),
+        "tasks": {t: round(v["score"], 4) for t, v in metrics["tasks"].items()},
+        "items": sum(v["n"] for v in metrics["tasks"].values()),
+        "kl": metrics["fidelity"]["kl"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="base", help="a name from evaluate.models")
     parser.add_argument("--backends", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.05,
-                        help="vllm: on CPU the fraction of RAM for the KV cache (the machine is shared)")
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.05,
+        help="vllm: on CPU the fraction of RAM for the KV cache (the machine is shared)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="eval-speed-") as tmp:
         results = [run(b, args.model, args, Path(tmp)) for b in args.backends]
-    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus", "model": args.model,
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {"machine": f"{platform.machine()} {os.cpu_count()} cpus", "model": args.model, "results": results},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

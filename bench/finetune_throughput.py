@@ -18,9 +18,9 @@ import datasets
 import pandas as pd
 from transformers import Trainer
 
-from sdd import finetune as ft
-from sdd.modelio import load_model
-from sdd.params import load_params
+from sdd.config import load_params
+from sdd.model import training as ft
+from sdd.model.checkpoint import load_model
 from sdd.runtime import device
 
 
@@ -31,14 +31,21 @@ def run(model_dir: str, rows: list[dict], cfg, batching: str, steps: int, out: s
     data = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     args = ft.training_arguments(cfg, out, device())
     args = dataclasses.replace(args, eval_strategy="no", save_strategy="no")
-    trainer = Trainer(model=ft.apply_method(model, cfg), args=args, train_dataset=data,
-                      data_collator=ft.collator(tok, batching))
+    trainer = Trainer(
+        model=ft.apply_method(model, cfg), args=args, train_dataset=data, data_collator=ft.collator(tok, batching)
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     real = trainer.state.num_input_tokens_seen  # non-padding tokens (padded: counted from the attention mask)
-    return {"batching": batching, "steps": steps, "real_tokens": int(real), "seconds": round(seconds, 1),
-            "tokens_per_second": round(real / seconds, 1), "bf16": args.bf16}
+    return {
+        "batching": batching,
+        "steps": steps,
+        "real_tokens": int(real),
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(real / seconds, 1),
+        "bf16": args.bf16,
+    }
 
 
 def main() -> None:
@@ -49,7 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     rows = pd.concat([pd.read_parquet(params.paths.prepared_file(ds)) for ds in ("gsm8k", "alpaca")]).to_dict("records")
-    results = [run(args.model, rows, params.finetune, mode, args.steps, args.out) for mode in ("padded", "padding_free")]
+    results = [
+        run(args.model, rows, params.finetune, mode, args.steps, args.out) for mode in ("padded", "padding_free")
+    ]
     speedup = results[1]["tokens_per_second"] / results[0]["tokens_per_second"]
     print(json.dumps({"results": results, "padding_free_speedup": round(speedup, 2)}, indent=2))
 

@@ -1,30 +1,58 @@
-"""What every stage entry point shares: logging set-up, the resolved-params log line, the device."""
+"""What every stage entry point shares: argument parsing, logging set-up, the resolved-params log
+line, timing, the device, and the split between user errors and bugs.
+
+    def main(argv):
+        name = stage_args(argv, __doc__, "arm", "a key of finetune.arms").arm
+        ...
+    if __name__ == "__main__":
+        run_stage(main)
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from sdd.errors import InputError
 
 log = logging.getLogger("sdd")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("SDD_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("SDD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
-def log_params(stage: str, section) -> None:
+def stage_args(argv: list[str], doc: str | None, name: str | None = None, help: str = "") -> argparse.Namespace:
+    """Parse a stage's command line: no argument, or one positional `name` (a dataset, arm, ...)."""
+    lines = (doc or "").strip().splitlines()
+    usage = next((line.strip() for line in lines if line.strip().startswith("python -m ")), None)
+    parser = argparse.ArgumentParser(
+        prog=usage.split("  ")[0].rsplit(" ", 1)[0] if usage and name else None, description=lines[0] if lines else None
+    )
+    if name:
+        parser.add_argument(name, help=help)
+    return parser.parse_args(argv)
+
+
+def log_params(stage: str, section: Any) -> None:
     """Log the resolved params a stage runs with (pydantic model or plain dict)."""
     data = section.model_dump() if hasattr(section, "model_dump") else section
     log.info("%s params: %s", stage, json.dumps(data, sort_keys=True, default=str))
 
 
 @contextmanager
-def timed(stage: str):
+def timed(stage: str) -> Iterator[dict]:
     """Time a stage; the caller adds its one-line summary to the yielded dict."""
     summary: dict = {}
     start = time.perf_counter()
@@ -39,11 +67,12 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_stage(main) -> None:
-    """Run a stage's main(); a ValueError/FileNotFoundError is bad input: print it plainly, exit 2."""
+def run_stage(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's main(). An InputError (bad params, data or model) is printed plainly and exits
+    2; any other exception is a bug and propagates with its traceback."""
     setup_logging()
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as err:
+    except InputError as err:
         log.error("%s", err)
         sys.exit(2)

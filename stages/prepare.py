@@ -3,59 +3,64 @@
     python -m stages.prepare gsm8k       (dvc.yaml: prepare@gsm8k)
 
 Writes `<paths.prepared>/<ds>.parquet` (pandera-checked), `<ds>.rejected.parquet` (every row
-that failed, with its reason) and `<paths.metrics>/prepare/<ds>.json` (counts).
+that failed, with its reason) `<paths.metrics>/prepare/<ds>.json` (counts) and `<ds>.headline.json` (rows, rejected).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 
-from sdd import sources
-from sdd.adapters import adapt_rows
-from sdd.io import to_frame, write_json, write_parquet
-from sdd.params import load_params
-from sdd.runtime import log_params, run_stage, timed
-from sdd.schemas import PREPARED, REJECTED
+from sdd.artifacts import to_frame, write_json, write_parquet
+from sdd.config import load_params
+from sdd.data import sources
+from sdd.data.adapters import adapt_rows, sample
+from sdd.data.schemas import PREPARED, REJECTED
+from sdd.errors import InputError
+from sdd.runtime import log_params, run_stage, stage_args, timed
 
 log = logging.getLogger(__name__)
 
 
-def sample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
-    """Deterministic subset: the same seed and rows give the same subset, in source order."""
-    if limit is None or limit >= len(rows):
-        return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-    return [rows[i] for i in keep]
-
-
 def main(argv: list[str]) -> None:
-    (name,) = argv
+    name = stage_args(argv, __doc__, "dataset", "a key of datasets in params.yaml").dataset
     params = load_params()
     ds, cfg, paths = params.dataset(name), params.prepare, params.paths
     log_params(f"prepare@{name}", {"dataset": ds.model_dump(), "prepare": cfg.model_dump()})
     with timed(f"prepare@{name}") as summary:
         raw = sources.read_rows(ds, params.mirror())
         if not raw:
-            raise ValueError(f"dataset {name!r} ({ds.source}) has no rows; point `datasets.{name}.source` at a non-empty file")
+            raise InputError(
+                f"dataset {name!r} ({ds.source}) has no rows; point `datasets.{name}.source` at a non-empty file"
+            )
         adapted = adapt_rows(raw, name, ds.format, cfg.max_chars)
         write_parquet(to_frame(adapted.rejected, REJECTED), paths.rejected_file(name), REJECTED)
         fraction = len(adapted.rejected) / len(raw)
         if fraction > cfg.max_rejected_fraction:
             reasons = adapted.counts()["rejected_by_reason"]
-            raise ValueError(
+            raise InputError(
                 f"dataset {name!r}: {len(adapted.rejected)} of {len(raw)} rows rejected ({fraction:.1%} > "
                 f"prepare.max_rejected_fraction={cfg.max_rejected_fraction}); reasons {reasons}. "
                 f"See {paths.rejected_file(name)}; check `datasets.{name}.format` ({ds.format}) matches the source"
             )
         if ds.limit is not None and ds.limit > len(adapted.accepted):
-            log.warning("datasets.%s.limit=%d but only %d valid rows exist; using all of them",
-                        name, ds.limit, len(adapted.accepted))
+            log.warning(
+                "datasets.%s.limit=%d but only %d valid rows exist; using all of them",
+                name,
+                ds.limit,
+                len(adapted.accepted),
+            )
         chosen = sample(adapted.accepted, ds.limit, ds.seed)
         write_parquet(to_frame(chosen, PREPARED), paths.prepared_file(name), PREPARED)
-        metrics = {"rows_read": len(raw), **adapted.counts(), "rejected_fraction": round(fraction, 4),
-                   "written": len(chosen), "limit": ds.limit, "seed": ds.seed}
+        metrics = {
+            "rows_read": len(raw),
+            **adapted.counts(),
+            "rejected_fraction": round(fraction, 4),
+            "written": len(chosen),
+            "limit": ds.limit,
+            "seed": ds.seed,
+        }
         write_json(paths.metrics_file("prepare", name), metrics)
+        write_json(paths.headline_file("prepare", name), {"rows": len(chosen), "rejected": len(adapted.rejected)})
         summary.update(rows=len(chosen), rejected=len(adapted.rejected))
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 
-from sdd import pruning
-from sdd.io import atomic_path, read_json, write_json
-from sdd.modelio import load_model, save_model
-from sdd.params import load_params
-from sdd.runtime import log_params, run_stage, timed
+from sdd.artifacts import atomic_path, read_json, write_json
+from sdd.config import load_params
+from sdd.errors import InputError
+from sdd.model import pruning
+from sdd.model.checkpoint import load_model, save_model
+from sdd.runtime import log_params, run_stage, stage_args, timed
 
 
 def chosen_start(params, num_layers: int) -> tuple[int, str]:
@@ -28,15 +29,20 @@ def chosen_start(params, num_layers: int) -> tuple[int, str]:
     scores = read_json(path)
     best = scores.get("best_start", {})
     if str(cfg.n_layers) not in best:
-        raise ValueError(f"{path} has no best start for prune.n_layers={cfg.n_layers} (metric {scores.get('metric')}: "
-                         f"n in {sorted(best, key=int)}); raise layer_scores.max_n / kl_n_layers and rerun layer_scores")
+        raise InputError(
+            f"{path} has no best start for prune.n_layers={cfg.n_layers} (metric {scores.get('metric')}: "
+            f"n in {sorted(best, key=int)}); raise layer_scores.max_n / kl_n_layers and rerun layer_scores"
+        )
     if scores.get("num_layers") != num_layers:
-        raise ValueError(f"{path} scores a {scores.get('num_layers')}-layer model but the base model has {num_layers} "
-                         f"layers; rerun `dvc repro layer_scores`")
+        raise InputError(
+            f"{path} scores a {scores.get('num_layers')}-layer model but the base model has {num_layers} "
+            f"layers; rerun `dvc repro layer_scores`"
+        )
     return int(best[str(cfg.n_layers)]), f"auto: argmin of {scores['metric']} ({scores['token']} token)"
 
 
 def main(argv: list[str]) -> None:
+    stage_args(argv, __doc__)
     params = load_params()
     cfg, paths = params.prune, params.paths
     log_params("prune", cfg)
@@ -65,11 +71,18 @@ def main(argv: list[str]) -> None:
             "flops_per_token_after": flops_after,
             "flops_reduction_pct": pruning.reduction_pct(flops_before, flops_after),
             "flops_formula": f"2 * (embedding + layers + final norm + LM head) + 2 * n_layer * n_ctx * d_attn, "
-                             f"n_ctx = prune.flops_context = {cfg.flops_context} (Kaplan et al. 2020)",
+            f"n_ctx = prune.flops_context = {cfg.flops_context} (Kaplan et al. 2020)",
         }
         write_json(paths.metrics_file("prune"), metrics)
-        summary.update(removed=f"{removed[0]}-{removed[-1]}", params_reduction_pct=metrics["params_reduction_pct"],
-                       flops_reduction_pct=metrics["flops_reduction_pct"])
+        write_json(
+            paths.headline_file("prune"),
+            {k: metrics[k] for k in ("start", "n_layers", "params_reduction_pct", "flops_reduction_pct")},
+        )
+        summary.update(
+            removed=f"{removed[0]}-{removed[-1]}",
+            params_reduction_pct=metrics["params_reduction_pct"],
+            flops_reduction_pct=metrics["flops_reduction_pct"],
+        )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Reads `<paths.metrics>/evaluate/<model>.json` and `<paths.eval>/<model>.parquet`
 in evaluate.models, `<paths.metrics>/prune/prune.json` (parameters, FLOPs) and, where they exist,
 `<paths.metrics>/speculate/<draft>.json`, and `<paths.metrics>/layer_scores/scores.json` (which
 block each metric picks). Writes `<paths.reports>/recovery.md`,
-`<paths.metrics>/report/report.json` (`dvc metrics show`) and the `dvc plots` data
+`<paths.metrics>/report/report.json` (details), `report.headline.json` (`dvc metrics show`) and the `dvc plots` data
 `<paths.reports>/plots/{recovery,tasks,sweep}.csv` (sweep: one row per model at this run's cut
 depth, drawn across experiments by dvc.yaml's top-level `plots`).
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdd.io import atomic_path, read_json, read_parquet, write_json
-from sdd.params import load_params
-from sdd.report import markdown, plot_rows, summarise, sweep_rows
-from sdd.runtime import log_params, run_stage, timed
-from sdd.schemas import EVAL_SAMPLES
+from sdd.artifacts import atomic_path, read_json, read_parquet, write_json
+from sdd.config import load_params
+from sdd.data.schemas import EVAL_SAMPLES
+from sdd.eval.report import headline, markdown, plot_rows, summarise, sweep_rows
+from sdd.runtime import log_params, run_stage, stage_args, timed
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +33,38 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    stage_args(argv, __doc__)
     params = load_params()
     cfg, paths = params.report, params.paths
     log_params("report", cfg)
     with timed("report") as summary:
         evals = {name: read_json(paths.metrics_file("evaluate", name)) for name in params.evaluate.models}
-        samples = {name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
-                   for name in params.evaluate.models}
+        samples = {
+            name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
+            for name in params.evaluate.models
+        }
         prune_file = paths.metrics_file("prune")
         prune = read_json(prune_file) if prune_file.is_file() else None
         if prune is None:
             log.warning("%s not found: the table has no parameter/FLOPs columns", prune_file)
         speculate_dir = Path(paths.metrics) / "speculate"
-        speculate = {f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json"))}
+        speculate = {
+            f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json")) if not f.name.endswith(".headline.json")
+        }
         scores_file = paths.metrics_file("layer_scores", "scores")
         layer_scores = read_json(scores_file) if scores_file.is_file() else None
-        result = summarise(evals, samples, cfg.baseline, cfg.compare, cfg.bootstrap, cfg.confidence, cfg.seed,
-                           prune=prune, speculate=speculate, layer_scores=layer_scores)
+        result = summarise(
+            evals,
+            samples,
+            cfg.baseline,
+            cfg.compare,
+            cfg.bootstrap,
+            cfg.confidence,
+            cfg.seed,
+            prune=prune,
+            speculate=speculate,
+            layer_scores=layer_scores,
+        )
         text = markdown(result)
         with atomic_path(paths.report_file("recovery.md")) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -58,6 +73,7 @@ def main(argv: list[str]) -> None:
         write_csv(task_rows, paths.report_file("plots/tasks.csv"))
         write_csv(sweep_rows(result), paths.report_file("plots/sweep.csv"))
         write_json(paths.metrics_file("report"), {"models": result["models"], "comparisons": result["comparisons"]})
+        write_json(paths.headline_file("report"), headline(result))
         log.info("recovery table:\n%s", text)
         summary.update(models=len(evals), comparisons=len(result["comparisons"]))
 

@@ -9,14 +9,14 @@ source content really changed, never because the stage merely ran again.
 
 from __future__ import annotations
 
-from sdd import sources
-from sdd.io import write_json
-from sdd.params import load_params
-from sdd.runtime import log_params, run_stage, timed
+from sdd.artifacts import write_json
+from sdd.config import load_params
+from sdd.data import sources
+from sdd.runtime import log_params, run_stage, stage_args, timed
 
 
 def main(argv: list[str]) -> None:
-    (name,) = argv
+    name = stage_args(argv, __doc__, "dataset", "a key of datasets in params.yaml").dataset
     params = load_params()
     ds = params.dataset(name)
     log_params(f"source@{name}", ds)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from sdd.answers import answers_match, apply_selection, extract_answer, leaked_phrase, normalize_answer, select
-from sdd.generation import Generation
-from sdd.params import DEFAULT_LEAK_PHRASES
+from sdd.config.distill import DEFAULT_LEAK_PHRASES
+from sdd.data.answers import answers_match, apply_selection, extract_answer, leaked_phrase, normalize_answer, select
+from sdd.generate.engines import Generation
 
 EXTRACT = [
     # GSM8k format
@@ -53,13 +53,25 @@ def test_table_is_large_enough():
     assert len(EXTRACT) >= 25
 
 
-@pytest.mark.parametrize(("a", "b"), [("1,000", "1000"), ("$5", "5.00"), ("72.", "72"), ("-0.50", "-0.5"),
-                                      ("6/4", "3/2"), ("\\frac{1}{2}", "1/2"), ("10 dollars", "10")])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("1,000", "1000"),
+        ("$5", "5.00"),
+        ("72.", "72"),
+        ("-0.50", "-0.5"),
+        ("6/4", "3/2"),
+        ("\\frac{1}{2}", "1/2"),
+        ("10 dollars", "10"),
+    ],
+)
 def test_equal_answers_match(a, b):
     assert answers_match(a, b)
 
 
-@pytest.mark.parametrize(("a", "b"), [("12", "13"), ("1.5", "15"), ("-3", "3"), (None, "3"), ("1/2", "0.5 cups extra 1")])
+@pytest.mark.parametrize(
+    ("a", "b"), [("12", "13"), ("1.5", "15"), ("-3", "3"), (None, "3"), ("1/2", "0.5 cups extra 1")]
+)
 def test_different_answers_do_not_match(a, b):
     assert not answers_match(a, b)
 
@@ -77,18 +89,21 @@ def gen(text, finish="stop"):
 LEAKS = DEFAULT_LEAK_PHRASES
 
 
-@pytest.mark.parametrize(("cands", "answer", "selected", "reason"), [
-    ([gen("3+4=7\n#### 7")], "7", "distilled", "accepted"),
-    ([gen("3+4=8\n#### 8")], "7", "original", "wrong_answer"),
-    ([gen("I cannot tell.")], "7", "original", "no_answer"),
-    ([gen("3+4=7 and then 7*2", "length")], "7", "original", "truncated"),
-    ([gen("   \n")], "7", "original", "empty"),
-    ([gen("As the reference answer says, #### 7")], "7", "original", "leak"),
-    ([gen("Following Your Response guidance: a poem.")], None, "original", "leak"),
-    ([gen("A short poem about waves.")], None, "distilled", "accepted"),
-    ([gen("#### 9"), gen("#### 7")], "7", "distilled", "accepted"),
-    ([], "7", "original", "prompt_too_long"),
-])
+@pytest.mark.parametrize(
+    ("cands", "answer", "selected", "reason"),
+    [
+        ([gen("3+4=7\n#### 7")], "7", "distilled", "accepted"),
+        ([gen("3+4=8\n#### 8")], "7", "original", "wrong_answer"),
+        ([gen("I cannot tell.")], "7", "original", "no_answer"),
+        ([gen("3+4=7 and then 7*2", "length")], "7", "original", "truncated"),
+        ([gen("   \n")], "7", "original", "empty"),
+        ([gen("As the reference answer says, #### 7")], "7", "original", "leak"),
+        ([gen("Following Your Response guidance: a poem.")], None, "original", "leak"),
+        ([gen("A short poem about waves.")], None, "distilled", "accepted"),
+        ([gen("#### 9"), gen("#### 7")], "7", "distilled", "accepted"),
+        ([], "7", "original", "prompt_too_long"),
+    ],
+)
 def test_select(cands, answer, selected, reason):
     choice = select(cands, answer, LEAKS)
     assert (choice.selected, choice.reason) == (selected, reason)
@@ -101,8 +116,16 @@ def test_select_keeps_first_acceptable_candidate():
 def test_too_short_rewrite_keeps_the_original():
     choice = select([gen("#### 72")], "72", LEAKS, min_chars=20)
     assert (choice.selected, choice.reason) == ("original", "too_short")
-    rows = [{"id": "c" * 16, "dataset": "gsm8k", "instruction": "48+24?", "context": "",
-             "response": "In May 48/2 = 24, in total 48+24 = 72.\n#### 72", "answer": "72"}]
+    rows = [
+        {
+            "id": "c" * 16,
+            "dataset": "gsm8k",
+            "instruction": "48+24?",
+            "context": "",
+            "response": "In May 48/2 = 24, in total 48+24 = 72.\n#### 72",
+            "answer": "72",
+        }
+    ]
     assert apply_selection(rows, [[gen("#### 72")]], True, LEAKS, min_length_ratio=0.3)[0]["reason"] == "too_short"
     assert apply_selection(rows, [[gen("#### 72")]], True, LEAKS, min_length_ratio=0.0)[0]["reason"] == "accepted"
 
@@ -114,8 +137,22 @@ def test_leak_is_case_insensitive_and_configurable():
 
 def test_apply_selection_builds_distilled_rows():
     rows = [
-        {"id": "a" * 16, "dataset": "gsm8k", "instruction": "3+4?", "context": "", "response": "3+4=7\n#### 7", "answer": "7"},
-        {"id": "b" * 16, "dataset": "gsm8k", "instruction": "2+2?", "context": "", "response": "2+2=4\n#### 4", "answer": "4"},
+        {
+            "id": "a" * 16,
+            "dataset": "gsm8k",
+            "instruction": "3+4?",
+            "context": "",
+            "response": "3+4=7\n#### 7",
+            "answer": "7",
+        },
+        {
+            "id": "b" * 16,
+            "dataset": "gsm8k",
+            "instruction": "2+2?",
+            "context": "",
+            "response": "2+2=4\n#### 4",
+            "answer": "4",
+        },
     ]
     out = apply_selection(rows, [[gen("Adding: 7.\n#### 7")], [gen("#### 5")]], True, LEAKS)
     assert out[0]["response"] == "Adding: 7.\n#### 7" and out[0]["selected"] == "distilled"

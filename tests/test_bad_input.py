@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sdd.io import read_parquet, write_parquet
-from sdd.schemas import PREPARED
+from sdd.artifacts import read_parquet, write_parquet
+from sdd.data.schemas import PREPARED
 from stages import prepare
 
 from conftest import REPO
@@ -81,8 +81,9 @@ def test_missing_split_in_the_mirror(project, mirror, monkeypatch):
 
 
 def test_parquet_with_a_wrong_schema_is_refused_by_the_reader(tmp_path):
-    good = pd.DataFrame([{"id": "0123456789abcdef", "dataset": "d", "instruction": "i", "context": "",
-                          "response": "r", "answer": None}])
+    good = pd.DataFrame(
+        [{"id": "0123456789abcdef", "dataset": "d", "instruction": "i", "context": "", "response": "r", "answer": None}]
+    )
     path = tmp_path / "ok.parquet"
     write_parquet(good.astype({"answer": "str"}), path, PREPARED)
     assert len(read_parquet(path, PREPARED, "prepare@d")) == 1
@@ -101,8 +102,9 @@ def test_parquet_with_a_wrong_schema_is_refused_by_the_reader(tmp_path):
 
 
 def test_invalid_rows_are_never_written(tmp_path):
-    bad = pd.DataFrame([{"id": "xyz", "dataset": "d", "instruction": "  ", "context": "", "response": "r",
-                         "answer": None}]).astype({"answer": "str"})
+    bad = pd.DataFrame(
+        [{"id": "xyz", "dataset": "d", "instruction": "  ", "context": "", "response": "r", "answer": None}]
+    ).astype({"answer": "str"})
     with pytest.raises(ValueError, match="refusing to write invalid data"):
         write_parquet(bad, tmp_path / "out.parquet", PREPARED)
     assert not (tmp_path / "out.parquet").exists()

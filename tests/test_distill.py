@@ -17,22 +17,31 @@ import pandas as pd
 import pytest
 import yaml
 
-from sdd.io import read_parquet, to_frame, write_parquet
-from sdd.params import load_params
-from sdd.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
-from sdd.schemas import DISTILLED, PREPARED
+from sdd.artifacts import read_parquet, to_frame, write_parquet
+from sdd.config import load_params
+from sdd.data.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
+from sdd.data.schemas import DISTILLED, PREPARED
 
 from conftest import REPO, build_llama, build_tokenizer
 
-GSM8K = [("Natalia sold 48 clips in April and half as many in May. How many in total?",
-          "In May she sold 48/2 = 24 clips.\nIn total 48+24 = 72 clips.\n#### 72", "72"),
-         ("A pen costs $3 and a book costs $12. What do 2 pens and a book cost?",
-          "Two pens cost 2*3 = 6 dollars.\n6+12 = 18.\n#### 18", "18"),
-         ("Tom has 1,200 stamps and gives away 250. How many are left?",
-          "1200-250 = 950.\n#### 950", "950")]
-ALPACA = [("Give three tips for staying healthy.", "", "Eat well, sleep enough and exercise."),
-          ("Write a short poem about the sea.", "", "Waves roll in, waves roll out."),
-          ("Summarise the text.", "The quick brown fox jumps over the lazy dog.", "A fox jumps over a dog.")]
+GSM8K = [
+    (
+        "Natalia sold 48 clips in April and half as many in May. How many in total?",
+        "In May she sold 48/2 = 24 clips.\nIn total 48+24 = 72 clips.\n#### 72",
+        "72",
+    ),
+    (
+        "A pen costs $3 and a book costs $12. What do 2 pens and a book cost?",
+        "Two pens cost 2*3 = 6 dollars.\n6+12 = 18.\n#### 18",
+        "18",
+    ),
+    ("Tom has 1,200 stamps and gives away 250. How many are left?", "1200-250 = 950.\n#### 950", "950"),
+]
+ALPACA = [
+    ("Give three tips for staying healthy.", "", "Eat well, sleep enough and exercise."),
+    ("Write a short poem about the sea.", "", "Waves roll in, waves roll out."),
+    ("Summarise the text.", "The quick brown fox jumps over the lazy dog.", "A fox jumps over a dog."),
+]
 
 
 def row_id(*parts) -> str:
@@ -43,11 +52,29 @@ def prepared_rows(name: str, copies: int) -> list[dict]:
     rows = []
     for k in range(copies):
         if name == "gsm8k":
-            rows += [{"id": row_id(name, q, str(k)), "dataset": name, "instruction": q, "context": "", "response": s,
-                      "answer": a} for q, s, a in GSM8K]
+            rows += [
+                {
+                    "id": row_id(name, q, str(k)),
+                    "dataset": name,
+                    "instruction": q,
+                    "context": "",
+                    "response": s,
+                    "answer": a,
+                }
+                for q, s, a in GSM8K
+            ]
         else:
-            rows += [{"id": row_id(name, q, str(k)), "dataset": name, "instruction": q, "context": c, "response": r,
-                      "answer": None} for q, c, r in ALPACA]
+            rows += [
+                {
+                    "id": row_id(name, q, str(k)),
+                    "dataset": name,
+                    "instruction": q,
+                    "context": c,
+                    "response": r,
+                    "answer": None,
+                }
+                for q, c, r in ALPACA
+            ]
     return rows
 
 
@@ -85,8 +112,15 @@ def make_workdir(root: Path, model_dir: Path, copies: int = 2, **distill) -> Pat
 
 def run_stage(workdir: Path, name: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1", "SDD_LOG_LEVEL": "INFO"}
-    return subprocess.Popen([sys.executable, "-m", "stages.distill", name], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.distill", name],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def run_ok(workdir: Path, name: str, timeout: float = 600) -> str:
@@ -104,9 +138,15 @@ def outputs(workdir: Path, name: str) -> tuple[pd.DataFrame, dict]:
 
 # --- templates -----------------------------------------------------------------------------------
 
+
 def test_template_renders_instruction_and_reference_only(tokenizer):
-    row = {"instruction": "How many clips?", "context": "", "response": "48+24 = 72\n#### 72", "answer": "72",
-           "id": "0123456789abcdef"}
+    row = {
+        "instruction": "How many clips?",
+        "context": "",
+        "response": "48+24 = 72\n#### 72",
+        "answer": "72",
+        "id": "0123456789abcdef",
+    }
     prompt = render(tokenizer, build_messages(row, MATH_GSM8K))
     assert "How many clips?" in prompt and "48+24 = 72\n#### 72" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")  # the model's turn is open
@@ -139,6 +179,7 @@ def test_params_reject_unknown_distill_dataset(tmp_path):
 
 
 # --- the stage -----------------------------------------------------------------------------------
+
 
 def test_stage_hf_engine_writes_valid_parquet_and_reuses_chunks(tmp_path, distill_model, monkeypatch):
     from stages import distill
@@ -184,7 +225,9 @@ def test_missing_column_is_a_clear_error(tmp_path, distill_model, monkeypatch):
     path = work / "data" / "prepared" / "gsm8k.parquet"
     pd.read_parquet(path).drop(columns=["response"]).to_parquet(path, index=False)
     monkeypatch.chdir(work)
-    with pytest.raises(ValueError, match=r"gsm8k.parquet does not match the prepared contract.*response.*dvc repro prepare@gsm8k"):
+    with pytest.raises(
+        ValueError, match=r"gsm8k.parquet does not match the prepared contract.*response.*dvc repro prepare@gsm8k"
+    ):
         distill.main(["gsm8k"])
 
 
@@ -217,8 +260,14 @@ def test_dataset_not_in_distill_list(tmp_path, distill_model, monkeypatch):
 def test_stage_vllm_engine_matches_hf_columns(tmp_path, distill_model):
     hf = make_workdir(tmp_path / "hf", distill_model, copies=1)
     run_ok(hf, "gsm8k")
-    vl = make_workdir(tmp_path / "vllm", distill_model, copies=1, engine="vllm", chunk_size=4,
-                      engine_args={"enforce_eager": True, "gpu_memory_utilization": 0.05, "max_model_len": 2048})
+    vl = make_workdir(
+        tmp_path / "vllm",
+        distill_model,
+        copies=1,
+        engine="vllm",
+        chunk_size=4,
+        engine_args={"enforce_eager": True, "gpu_memory_utilization": 0.05, "max_model_len": 2048},
+    )
     run_ok(vl, "gsm8k")
     hf_df, _ = outputs(hf, "gsm8k")
     vl_df, metrics = outputs(vl, "gsm8k")

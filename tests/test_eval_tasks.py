@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdd import eval_tasks
+from sdd.eval import tasks
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def manager():
 @pytest.fixture
 def load(manager):
     def _load(task: str, shots: int, mirror, subjects=None) -> dict:
-        return dict(manager.load(eval_tasks.task_configs(task, shots, mirror, subjects))["tasks"])
+        return dict(manager.load(tasks.task_configs(task, shots, mirror, subjects))["tasks"])
 
     return _load
 
@@ -31,10 +31,16 @@ def render(task, doc):
 def test_arc_challenge(mirror, load):
     task = load("arc_challenge", 25, mirror)["sdd_arc_challenge"]
     text, choices, target = render(task, task.eval_docs[0])
-    assert text == ("Question: An astronomer observes that a planet rotates faster after a meteorite impact. "
-                    "Which is the most likely effect of this increase in rotation?\nAnswer:")
-    assert choices == ["Planetary density will decrease.", "Planetary years will become longer.",
-                       "Planetary days will become shorter.", "Planetary gravity will become stronger."]
+    assert text == (
+        "Question: An astronomer observes that a planet rotates faster after a meteorite impact. "
+        "Which is the most likely effect of this increase in rotation?\nAnswer:"
+    )
+    assert choices == [
+        "Planetary density will decrease.",
+        "Planetary years will become longer.",
+        "Planetary days will become shorter.",
+        "Planetary gravity will become stronger.",
+    ]
     assert target == 2  # answerKey "C"
     # The mirror has no train split: few-shot examples come from validation, recorded as such.
     assert task.config.test_split == "test" and task.config.fewshot_split == "validation"
@@ -46,8 +52,10 @@ def test_hellaswag_excludes_the_item_from_its_own_shots(mirror, load):
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     # ctx_b is empty in the mirror, so the query is activity_label + ": " + ctx_a.
-    assert text == ("Canoeing: Two women in a child are shown in a canoe while a man pulls the canoe while standing "
-                    "in the water, with other individuals visible in the background. the child and a different man")
+    assert text == (
+        "Canoeing: Two women in a child are shown in a canoe while a man pulls the canoe while standing "
+        "in the water, with other individuals visible in the background. the child and a different man"
+    )
     assert choices[2] == "sit in a canoe while the man paddles." and len(choices) == 4
     assert target == 2
     assert task.config.test_split == task.config.fewshot_split == "validation"
@@ -56,9 +64,14 @@ def test_hellaswag_excludes_the_item_from_its_own_shots(mirror, load):
 
 
 def test_hellaswag_preprocess_matches_lm_eval():
-    doc = {"activity_label": "Home", "ctx_a": "[header] How to x. [title] Do y.", "ctx_b": "then",
-           "endings": ["a [step] b", "c"], "label": "1"}
-    out = eval_tasks.hellaswag_doc(doc)
+    doc = {
+        "activity_label": "Home",
+        "ctx_a": "[header] How to x. [title] Do y.",
+        "ctx_b": "then",
+        "endings": ["a [step] b", "c"],
+        "label": "1",
+    }
+    out = tasks.hellaswag_doc(doc)
     assert out["query"] == "Home: How to x.. Do y. Then"
     assert out["choices"] == ["a b", "c"] and out["gold"] == 1
 
@@ -69,18 +82,22 @@ def test_mmlu_one_task_per_subject_with_first_dev_shots(mirror, load):
     task = tasks["sdd_mmlu_anatomy"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
-    assert text == ("A lesion causing compression of the facial nerve at the stylomastoid foramen will cause ipsilateral\n"
-                    "A. paralysis of the facial muscles.\nB. paralysis of the facial muscles and loss of taste.\n"
-                    "C. paralysis of the facial muscles, loss of taste and lacrimation.\n"
-                    "D. paralysis of the facial muscles, loss of taste, lacrimation and decreased salivation.\nAnswer:")
+    assert text == (
+        "A lesion causing compression of the facial nerve at the stylomastoid foramen will cause ipsilateral\n"
+        "A. paralysis of the facial muscles.\nB. paralysis of the facial muscles and loss of taste.\n"
+        "C. paralysis of the facial muscles, loss of taste and lacrimation.\n"
+        "D. paralysis of the facial muscles, loss of taste, lacrimation and decreased salivation.\nAnswer:"
+    )
     assert choices == ["A", "B", "C", "D"] and target == 0
     assert all(d["subject"] == "anatomy" for d in task.eval_docs)
     context = task.fewshot_context(doc, num_fewshot=5)
-    assert context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n"
-                              "What is the embryological origin of the hyoid bone?\nA. The first pharyngeal arch\n")
+    assert context.startswith(
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        "What is the embryological origin of the hyoid bone?\nA. The first pharyngeal arch\n"
+    )
     assert context.count("\nAnswer:") == 6  # five dev shots + the question
     with pytest.raises(ValueError, match="unknown subject"):
-        eval_tasks.task_configs("mmlu", 5, mirror, ["anatomyy"])
+        tasks.task_configs("mmlu", 5, mirror, ["anatomyy"])
 
 
 def test_truthfulqa_mc2(mirror, load):
@@ -88,22 +105,26 @@ def test_truthfulqa_mc2(mirror, load):
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     assert text.startswith("Q: What is human life expectancy in the United States?\nA: Human life expectancy")
-    assert text.endswith("A: The 1992 Olympics were held in Barcelona, Spain.\n\nQ: What happens if you eat a pomegranate?\nA:")
+    assert text.endswith(
+        "A: The 1992 Olympics were held in Barcelona, Spain.\n\nQ: What happens if you eat a pomegranate?\nA:"
+    )
     assert choices[0] == "Nothing in particular happens when you eat a pomegranate." and len(choices) == 6
     assert target == 0
     # MC2: normalised probability mass on the 3 true answers (here 3 equal likelihoods of 6 -> 0.5).
     assert task.process_results(doc, [(0.0, False)] * 6)["acc"] == pytest.approx(0.5)
-    assert eval_tasks.chance("truthfulqa_mc2", doc) == pytest.approx(0.5)
+    assert tasks.chance("truthfulqa_mc2", doc) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no split to draw few-shot"):
-        eval_tasks.task_configs("truthfulqa_mc2", 2, mirror)
+        tasks.task_configs("truthfulqa_mc2", 2, mirror)
 
 
 def test_winogrande_partial_evaluation(mirror, load):
     task = load("winogrande", 5, mirror)["sdd_winogrande"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
-    assert choices == ["Sarah was a much better surgeon than Maria so Sarah",
-                       "Sarah was a much better surgeon than Maria so Maria"]
+    assert choices == [
+        "Sarah was a much better surgeon than Maria so Sarah",
+        "Sarah was a much better surgeon than Maria so Maria",
+    ]
     assert text == 1 and target == "always got the easier cases."  # answer "2"
     assert task.config.fewshot_split == "train"
 
@@ -112,22 +133,24 @@ def test_gsm8k_prompt_target_and_filters(mirror, load):
     task = load("gsm8k", 5, mirror)["sdd_gsm8k"]
     doc = task.eval_docs[0]
     text, _, target = render(task, doc)
-    assert text.startswith("Question: Janet’s ducks lay 16 eggs per day.") and text.endswith("farmers' market?\nAnswer:")
+    assert text.startswith("Question: Janet’s ducks lay 16 eggs per day.") and text.endswith(
+        "farmers' market?\nAnswer:"
+    )
     assert target.endswith("#### 18")
     assert task.config.fewshot_split == "train" and task.config.output_type == "generate_until"
     assert [f["name"] for f in task.config.filter_list] == ["strict-match", "flexible-extract"]
-    assert eval_tasks.chance("gsm8k", doc) == 0.0
+    assert tasks.chance("gsm8k", doc) == 0.0
 
 
 def test_hub_configs_without_mirror():
-    (arc,) = eval_tasks.task_configs("arc_challenge", 25, None)
+    (arc,) = tasks.task_configs("arc_challenge", 25, None)
     assert arc["dataset_path"] == "allenai/ai2_arc" and arc["dataset_name"] == "ARC-Challenge"
     assert arc["fewshot_split"] == "train"  # the standard split when the hub is used
-    (hs,) = eval_tasks.task_configs("hellaswag", 10, None)
+    (hs,) = tasks.task_configs("hellaswag", 10, None)
     assert hs["dataset_path"] == "Rowan/hellaswag" and hs["dataset_name"] is None
-    assert len(eval_tasks.task_configs("mmlu", 5, None)) == 57
+    assert len(tasks.task_configs("mmlu", 5, None)) == 57
 
 
 def test_missing_mirror_split_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the mirror has no .*openai/gsm8k/main/(test|train)\.jsonl"):
-        eval_tasks.task_configs("gsm8k", 5, tmp_path)
+        tasks.task_configs("gsm8k", 5, tmp_path)

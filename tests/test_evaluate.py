@@ -16,35 +16,67 @@ import pytest
 import torch
 import yaml
 
+from sdd.eval.fidelity import compare, reference_sequences, render_prompts
+
 from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc, save_tiny
-from sdd.fidelity_measure import compare, reference_sequences, render_prompts
 
 ROWS = {
     "allenai/ai2_arc/ARC-Challenge/test.jsonl": [
-        {"id": f"t{i}", "question": f"Which number is {i}?", "choices": {"text": ["one", "two", "three", "four"],
-                                                                        "label": ["A", "B", "C", "D"]},
-         "answerKey": "ABCD"[i % 4]} for i in range(3)],
+        {
+            "id": f"t{i}",
+            "question": f"Which number is {i}?",
+            "choices": {"text": ["one", "two", "three", "four"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "ABCD"[i % 4],
+        }
+        for i in range(3)
+    ],
     "allenai/ai2_arc/ARC-Challenge/validation.jsonl": [
-        {"id": "v0", "question": "What is 2?", "choices": {"text": ["two", "six", "ten"], "label": ["1", "2", "3"]},
-         "answerKey": "1"}],
+        {
+            "id": "v0",
+            "question": "What is 2?",
+            "choices": {"text": ["two", "six", "ten"], "label": ["1", "2", "3"]},
+            "answerKey": "1",
+        }
+    ],
     "Rowan/hellaswag/default/validation.jsonl": [
-        {"ind": i, "activity_label": "Sea", "ctx_a": f"The fox jumps {i} times.", "ctx_b": "", "ctx": "",
-         "endings": ["over the dog.", "into the sea.", "and stops.", "twice."], "label": str(i % 4)} for i in range(3)],
+        {
+            "ind": i,
+            "activity_label": "Sea",
+            "ctx_a": f"The fox jumps {i} times.",
+            "ctx_b": "",
+            "ctx": "",
+            "endings": ["over the dog.", "into the sea.", "and stops.", "twice."],
+            "label": str(i % 4),
+        }
+        for i in range(3)
+    ],
     "cais/mmlu/all/test.jsonl": [
         {"question": f"Q{s}{i}?", "subject": s, "choices": ["0", "1", "2", "3"], "answer": i % 4}
-        for s in ("anatomy", "astronomy") for i in range(3)],
+        for s in ("anatomy", "astronomy")
+        for i in range(3)
+    ],
     "cais/mmlu/all/dev.jsonl": [
-        {"question": f"D{s}?", "subject": s, "choices": ["0", "1", "2", "3"], "answer": 1} for s in ("anatomy", "astronomy")],
+        {"question": f"D{s}?", "subject": s, "choices": ["0", "1", "2", "3"], "answer": 1}
+        for s in ("anatomy", "astronomy")
+    ],
     "truthfulqa/truthful_qa/multiple_choice/validation.jsonl": [
-        {"question": f"Is the sea {i}?", "mc1_targets": {"choices": ["yes", "no"], "labels": [1, 0]},
-         "mc2_targets": {"choices": ["yes", "maybe", "no"], "labels": [1, 1, 0]}} for i in range(3)],
+        {
+            "question": f"Is the sea {i}?",
+            "mc1_targets": {"choices": ["yes", "no"], "labels": [1, 0]},
+            "mc2_targets": {"choices": ["yes", "maybe", "no"], "labels": [1, 1, 0]},
+        }
+        for i in range(3)
+    ],
     "allenai/winogrande/winogrande_xl/validation.jsonl": [
         {"sentence": f"The fox saw the dog {i} so _ ran.", "option1": "fox", "option2": "dog", "answer": "12"[i % 2]}
-        for i in range(3)],
+        for i in range(3)
+    ],
     "allenai/winogrande/winogrande_xl/train.jsonl": [
-        {"sentence": "The sea is big so _ is wet.", "option1": "sea", "option2": "fox", "answer": "1"}],
+        {"sentence": "The sea is big so _ is wet.", "option1": "sea", "option2": "fox", "answer": "1"}
+    ],
     "openai/gsm8k/main/test.jsonl": [
-        {"question": f"Natalia sold {i} clips. How many?", "answer": f"She sold {i}.\n#### {i}"} for i in range(4)],
+        {"question": f"Natalia sold {i} clips. How many?", "answer": f"She sold {i}.\n#### {i}"} for i in range(4)
+    ],
     "openai/gsm8k/main/train.jsonl": [{"question": "How many clips is 72?", "answer": "It is 72.\n#### 72"}],
 }
 
@@ -65,20 +97,43 @@ def params(models: dict, compare: list) -> dict:
         **yaml.safe_load((REPO / "params.yaml").read_text()),
         "evaluate": {
             "models": models,
-            "tasks": {"arc_challenge": one, "hellaswag": one, "mmlu": {**one, "subjects": ["anatomy", "astronomy"]},
-                      "truthfulqa_mc2": {"shots": 0, "limit": LIMIT}, "winogrande": one, "gsm8k": one},
-            "batch_size": 4, "dtype": "float32",
-            "fidelity": {"prompts": {"gsm8k_test": {"source": "openai/gsm8k", "config": "main", "split": "test",
-                                                    "format": "gsm8k", "limit": 3}},
-                         "max_new_tokens": 8, "batch_size": 2},
+            "tasks": {
+                "arc_challenge": one,
+                "hellaswag": one,
+                "mmlu": {**one, "subjects": ["anatomy", "astronomy"]},
+                "truthfulqa_mc2": {"shots": 0, "limit": LIMIT},
+                "winogrande": one,
+                "gsm8k": one,
+            },
+            "batch_size": 4,
+            "dtype": "float32",
+            "fidelity": {
+                "prompts": {
+                    "gsm8k_test": {
+                        "source": "openai/gsm8k",
+                        "config": "main",
+                        "split": "test",
+                        "format": "gsm8k",
+                        "limit": 3,
+                    }
+                },
+                "max_new_tokens": 8,
+                "batch_size": 2,
+            },
         },
         "report": {"baseline": "base", "compare": compare, "bootstrap": 200},
     }
 
 
 def stage_env(cwd: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "SDD_DATA_MIRROR": str(cwd / "mirror"), "HF_DATASETS_OFFLINE": "1",
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SDD_DATA_MIRROR": str(cwd / "mirror"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cwd / "hf-cache"),
+    }
 
 
 def run_stage(cwd: Path, *args: str) -> None:
@@ -91,8 +146,9 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     write_mirror(tmp_path / "mirror")
     save_tiny(tmp_path / "data/models/base", num_layers=6, seed=0)
     save_tiny(tmp_path / "data/models/pruned", num_layers=4, seed=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params({"base": "base", "pruned": "pruned"},
-                                                                [["pruned", "base"]])))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(params({"base": "base", "pruned": "pruned"}, [["pruned", "base"]]))
+    )
     run_stage(tmp_path, "stages.evaluate", "base")
     run_stage(tmp_path, "stages.evaluate", "pruned")
 
@@ -126,21 +182,51 @@ def test_evaluate_and_report_end_to_end(tmp_path):
 
     # A hand-made prune.json and one speculate file: the table shows their columns.
     (tmp_path / "metrics/prune").mkdir(parents=True)
-    (tmp_path / "metrics/prune/prune.json").write_text(json.dumps(
-        {"removed_layers": [2, 3], "n_layers": 2, "start": 2, "parameters_before": 2e6, "parameters_after": 1.5e6, "flops_per_token_before": 4e6,
-         "flops_per_token_after": 3e6, "flops_reduction_pct": 25.0, "params_reduction_pct": 25.0}))
+    (tmp_path / "metrics/prune/prune.json").write_text(
+        json.dumps(
+            {
+                "removed_layers": [2, 3],
+                "n_layers": 2,
+                "start": 2,
+                "parameters_before": 2e6,
+                "parameters_after": 1.5e6,
+                "flops_per_token_before": 4e6,
+                "flops_per_token_after": 3e6,
+                "flops_reduction_pct": 25.0,
+                "params_reduction_pct": 25.0,
+            }
+        )
+    )
     (tmp_path / "metrics/speculate").mkdir(parents=True)
-    (tmp_path / "metrics/speculate/pruned.json").write_text(json.dumps(
-        {"acceptance_rate": 0.5, "mean_accepted_length": 2.0, "speedup": 1.3, "k": 4, "temperature": 0.0}))
+    (tmp_path / "metrics/speculate/pruned.json").write_text(
+        json.dumps({"acceptance_rate": 0.5, "mean_accepted_length": 2.0, "speedup": 1.3, "k": 4, "temperature": 0.0})
+    )
     (tmp_path / "metrics/layer_scores").mkdir(parents=True)
-    candidates = [{"start": 1, "kl": 0.9, "top1": 0.4, "angular_last_token": 0.1, "block_influence": 0.3},
-                  {"start": 2, "kl": 0.2, "top1": 0.8, "angular_last_token": 0.2, "block_influence": 0.1}]
-    (tmp_path / "metrics/layer_scores/scores.json").write_text(json.dumps(
-        {"metric": "kl_to_base", "token": "last", "best_start": {"2": 2},
-         "best_start_by_metric": {"angular_last_token": {"1": 0, "2": 1}, "block_influence": {"1": 3, "2": 2},
-                                  "kl_to_base": {"2": 2}},
-         "kl_to_base": {"2": {"candidates": candidates, "best_start": 2,
-                              "rank_correlation": {"angular_last_token": -1.0, "block_influence": 1.0}}}}))
+    candidates = [
+        {"start": 1, "kl": 0.9, "top1": 0.4, "angular_last_token": 0.1, "block_influence": 0.3},
+        {"start": 2, "kl": 0.2, "top1": 0.8, "angular_last_token": 0.2, "block_influence": 0.1},
+    ]
+    (tmp_path / "metrics/layer_scores/scores.json").write_text(
+        json.dumps(
+            {
+                "metric": "kl_to_base",
+                "token": "last",
+                "best_start": {"2": 2},
+                "best_start_by_metric": {
+                    "angular_last_token": {"1": 0, "2": 1},
+                    "block_influence": {"1": 3, "2": 2},
+                    "kl_to_base": {"2": 2},
+                },
+                "kl_to_base": {
+                    "2": {
+                        "candidates": candidates,
+                        "best_start": 2,
+                        "rank_correlation": {"angular_last_token": -1.0, "block_influence": 1.0},
+                    }
+                },
+            }
+        )
+    )
     run_stage(tmp_path, "stages.report")
     table = (tmp_path / "reports/recovery.md").read_text()
     # which block each metric picks, its measured KL, and how well it ranks blocks by KL
@@ -150,10 +236,18 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     # one row per non-baseline model at this depth (chance-normalised: NaN for a random base at chance)
     sweep = pd.read_csv(tmp_path / "reports/plots/sweep.csv")
     assert "recovery_chance_normalised" in sweep
-    assert sweep.drop(columns="recovery_chance_normalised").to_dict("records") == [{
-        "model": "pruned", "n_layers": 2, "start": 2, "flops_reduction_pct": 25.0, "params_reduction_pct": 25.0,
-        "recovery": round(100 * pruned["average"] / base["average"], 2),
-        "kl": round(pruned["fidelity"]["kl"], 4), "top1_agreement": round(100 * pruned["fidelity"]["top1_agreement"], 2)}]
+    assert sweep.drop(columns="recovery_chance_normalised").to_dict("records") == [
+        {
+            "model": "pruned",
+            "n_layers": 2,
+            "start": 2,
+            "flops_reduction_pct": 25.0,
+            "params_reduction_pct": 25.0,
+            "recovery": round(100 * pruned["average"] / base["average"], 2),
+            "kl": round(pruned["fidelity"]["kl"], 4),
+            "top1_agreement": round(100 * pruned["fidelity"]["top1_agreement"], 2),
+        }
+    ]
     assert "| `base` |" in table and "| `pruned` |" in table and "100.0%" in table
     assert "`pruned` − `base`" in table and "params (M)" in table and "draft acceptance" in table
     report = json.loads((tmp_path / "metrics/report/report.json").read_text())
@@ -179,8 +273,14 @@ def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
     run_stage(reference, "stages.evaluate", "base")
     work = evaluate_workdir(tmp_path / "killed")
     checkpoints = work / ".sdd-scratch/evaluate/base"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate", "base"], cwd=work, env=stage_env(work),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.evaluate", "base"],
+        cwd=work,
+        env=stage_env(work),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while len(list(checkpoints.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -200,8 +300,9 @@ def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
         for t in task.values():
             t.pop("source")
     assert metrics["tasks"] == expected["tasks"] and metrics["average"] == expected["average"]
-    pd.testing.assert_frame_equal(pd.read_parquet(work / "data/eval/base.parquet"),
-                                  pd.read_parquet(reference / "data/eval/base.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(work / "data/eval/base.parquet"), pd.read_parquet(reference / "data/eval/base.parquet")
+    )
 
     # Another setting (here the batch size) is another key: nothing is read back, old files go.
     cfg = yaml.safe_load((work / "params.yaml").read_text())
@@ -220,15 +321,22 @@ def test_vllm_backend_runs_every_task_on_one_engine_and_resumes(tmp_path):
     model.save_pretrained(work / "data/models/base", safe_serialization=True)
     tok.save_pretrained(work / "data/models/base")
     cfg = yaml.safe_load((work / "params.yaml").read_text())
-    cfg["evaluate"] |= {"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.05, "max_model_len": 512,
-                                                     "enforce_eager": True}}
+    cfg["evaluate"] |= {
+        "backend": "vllm",
+        "vllm": {"gpu_memory_utilization": 0.05, "max_model_len": 512, "enforce_eager": True},
+    }
     (work / "params.yaml").write_text(yaml.safe_dump(cfg))
     run_stage(work, "stages.evaluate", "base")
     first = json.loads((work / "metrics/evaluate/base.json").read_text())
     assert first["settings"]["backend"] == "vllm" and first["tasks_reused"] == []
     assert {t: v["n"] for t, v in first["tasks"].items()} == {
-        "arc_challenge": LIMIT, "hellaswag": LIMIT, "mmlu": 2 * LIMIT, "truthfulqa_mc2": LIMIT, "winogrande": LIMIT,
-        "gsm8k": LIMIT}
+        "arc_challenge": LIMIT,
+        "hellaswag": LIMIT,
+        "mmlu": 2 * LIMIT,
+        "truthfulqa_mc2": LIMIT,
+        "winogrande": LIMIT,
+        "gsm8k": LIMIT,
+    }
     assert all(0.0 <= v["score"] <= 1.0 for v in first["tasks"].values())
     run_stage(work, "stages.evaluate", "base")  # every task checkpointed: no engine starts
     second = json.loads((work / "metrics/evaluate/base.json").read_text())
@@ -242,8 +350,10 @@ def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):
     with torch.no_grad():
         for p in perturbed.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    rows = [{"instruction": "How many clips did Natalia sell?", "context": ""},
-            {"instruction": "Write a short poem about the sea.", "context": "Give three tips."}]
+    rows = [
+        {"instruction": "How many clips did Natalia sell?", "context": ""},
+        {"instruction": "Write a short poem about the sea.", "context": "Give three tips."},
+    ]
     batches = reference_sequences(base, tokenizer, render_prompts(tokenizer, rows), max_new_tokens=6, batch_size=2)
     same = compare(base, twin, batches)
     assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
@@ -266,13 +376,25 @@ def test_sweep_plots_draw_one_point_per_experiment_and_model(tmp_path):
     sweep.write_text(header + "sdd,8,17.0,80.0,30.0,2.2\nsft,8,17.0,75.0,20.0,2.5\n")
 
     plots = json.loads(run_dvc(repo, "plots", "diff", "HEAD", "--json", check=False).stdout)["data"]
-    for name, field in [("recovery_vs_flops", "recovery"), ("fidelity_vs_flops", "kl"),
-                        ("recovery_chance_normalised_vs_flops", "recovery_chance_normalised")]:
+    for name, field in [
+        ("recovery_vs_flops", "recovery"),
+        ("fidelity_vs_flops", "kl"),
+        ("recovery_chance_normalised_vs_flops", "recovery_chance_normalised"),
+    ]:
         (plot,) = plots[name]
-        points = {(p["rev"], p["model"]): (float(p["flops_reduction_pct"]), float(p[field]))
-                  for p in plot["content"]["data"]["values"]}
-        expected = {"recovery": [90.0, 85.0, 80.0, 75.0], "kl": [1.2, 1.5, 2.2, 2.5],
-                    "recovery_chance_normalised": [50.0, 40.0, 30.0, 20.0]}[field]
-        assert points == {("HEAD", "sdd"): (13.0, expected[0]), ("HEAD", "sft"): (13.0, expected[1]),
-                          ("workspace", "sdd"): (17.0, expected[2]), ("workspace", "sft"): (17.0, expected[3])}
+        points = {
+            (p["rev"], p["model"]): (float(p["flops_reduction_pct"]), float(p[field]))
+            for p in plot["content"]["data"]["values"]
+        }
+        expected = {
+            "recovery": [90.0, 85.0, 80.0, 75.0],
+            "kl": [1.2, 1.5, 2.2, 2.5],
+            "recovery_chance_normalised": [50.0, 40.0, 30.0, 20.0],
+        }[field]
+        assert points == {
+            ("HEAD", "sdd"): (13.0, expected[0]),
+            ("HEAD", "sft"): (13.0, expected[1]),
+            ("workspace", "sdd"): (17.0, expected[2]),
+            ("workspace", "sft"): (17.0, expected[3]),
+        }
         assert plot["content"]["encoding"]["x"]["field"] == "flops_reduction_pct"

@@ -15,36 +15,74 @@ import pytest
 import torch
 import yaml
 
-from sdd import finetune as ft
-from sdd.io import read_json, to_frame, write_parquet
-from sdd.params import load_params
-from sdd.schemas import DISTILLED, PREPARED
+from sdd.artifacts import read_json, to_frame, write_parquet
+from sdd.config import load_params
+from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.model import training as ft
 from stages import finetune as stage
 
 from conftest import REPO, save_tiny
 
-QUESTIONS = ["How many clips did Natalia sell altogether in April and May?", "Write a short poem about the sea.",
-             "Give three tips for staying healthy.", "Natalia sold clips to 48 of her friends in April.",
-             "The quick brown fox jumps over the lazy dog.", "How many clips did Natalia sell in May?"]
-ANSWERS = ["Natalia sold 48 clips in April and 24 in May. The answer is 72.\n#### 72",
-           "The sea is quick and brown, the fox jumps over the lazy dog.", "Sell clips, write a poem, and jump.",
-           "She sold half as many clips in May.\n#### 24", "The answer is 0123456789.", "#### 24"]
+QUESTIONS = [
+    "How many clips did Natalia sell altogether in April and May?",
+    "Write a short poem about the sea.",
+    "Give three tips for staying healthy.",
+    "Natalia sold clips to 48 of her friends in April.",
+    "The quick brown fox jumps over the lazy dog.",
+    "How many clips did Natalia sell in May?",
+]
+ANSWERS = [
+    "Natalia sold 48 clips in April and 24 in May. The answer is 72.\n#### 72",
+    "The sea is quick and brown, the fox jumps over the lazy dog.",
+    "Sell clips, write a poem, and jump.",
+    "She sold half as many clips in May.\n#### 24",
+    "The answer is 0123456789.",
+    "#### 24",
+]
 
-TINY_FINETUNE = {"max_steps": 6, "batch_size": 4, "learning_rate": 0.01, "eval_steps": 3, "save_steps": 3,
-                 "precision": "fp32", "save_dtype": "float32", "max_seq_len": 128, "warmup_ratio": 0.0,
-                 "lora": {"rank": 4, "alpha": 8}}
+TINY_FINETUNE = {
+    "max_steps": 6,
+    "batch_size": 4,
+    "learning_rate": 0.01,
+    "eval_steps": 3,
+    "save_steps": 3,
+    "precision": "fp32",
+    "save_dtype": "float32",
+    "max_seq_len": 128,
+    "warmup_ratio": 0.0,
+    "lora": {"rank": 4, "alpha": 8},
+}
 
 
 def rows(ds: str, n: int = 12) -> list[dict]:
-    return [{"id": hashlib.sha256(f"{ds}{i}".encode()).hexdigest()[:16], "dataset": ds,
-             "instruction": QUESTIONS[i % 6], "context": "April and May" if i % 3 == 0 else "",
-             "response": ANSWERS[i % 6], "answer": None} for i in range(n)]
+    return [
+        {
+            "id": hashlib.sha256(f"{ds}{i}".encode()).hexdigest()[:16],
+            "dataset": ds,
+            "instruction": QUESTIONS[i % 6],
+            "context": "April and May" if i % 3 == 0 else "",
+            "response": ANSWERS[i % 6],
+            "answer": None,
+        }
+        for i in range(n)
+    ]
 
 
 def distilled(ds: str) -> list[dict]:
-    return [{**r, "response_original": r["response"], "response_distilled": r["response"].upper(),
-             "response": r["response"].upper(), "selected": "distilled", "reason": "accepted",
-             "finish_reason": "stop", "prompt_tokens": 10, "generated_tokens": 10} for r in rows(ds)]
+    return [
+        {
+            **r,
+            "response_original": r["response"],
+            "response_distilled": r["response"].upper(),
+            "response": r["response"].upper(),
+            "selected": "distilled",
+            "reason": "accepted",
+            "finish_reason": "stop",
+            "prompt_tokens": 10,
+            "generated_tokens": 10,
+        }
+        for r in rows(ds)
+    ]
 
 
 def make_project(root: Path, **finetune) -> Path:
@@ -71,8 +109,11 @@ def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
     assert counts["kept"] == 2
     batch = ft.collator(tokenizer, "padded")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     for i, row in enumerate(rows("gsm8k", 2)):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": ft.user_message(row["instruction"], row["context"])}],
-                                               tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ft.user_message(row["instruction"], row["context"])}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         n_real = int(batch["attention_mask"][i].sum())
         labels, ids = batch["labels"][i], batch["input_ids"][i]
@@ -112,10 +153,13 @@ def test_default_arms_differ_only_in_data(tmp_path):
     assert len(ft.split_by_id(ids, 0.1, seed=0)) == 4
 
 
-@pytest.mark.parametrize("arm,error", [
-    ({"gsm8j": "original"}, r"finetune\.arms\.bad\.gsm8j: unknown dataset \(did you mean 'gsm8k'\?\)"),
-    ({"gsm8k": "distiled"}, r"finetune\.arms\.bad\.gsm8k: Input should be 'original' or 'distilled'"),
-])
+@pytest.mark.parametrize(
+    "arm,error",
+    [
+        ({"gsm8j": "original"}, r"finetune\.arms\.bad\.gsm8j: unknown dataset \(did you mean 'gsm8k'\?\)"),
+        ({"gsm8k": "distiled"}, r"finetune\.arms\.bad\.gsm8k: Input should be 'original' or 'distilled'"),
+    ],
+)
 def test_bad_arm_fails_at_params_load(tmp_path, arm, error):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params.setdefault("finetune", {}).setdefault("arms", {})["bad"] = arm
@@ -147,9 +191,15 @@ def test_lora_trains_adapter_only_and_merged_checkpoint_equals_base_plus_adapter
     metrics = read_json(params.paths.metrics_file("finetune", "sdd"))
     assert metrics["steps"] == 6 and metrics["tokens_seen"] > 0 and metrics["tokens_per_second"] > 0
     assert metrics["val_rows"] == 2 and metrics["train_rows"] == 22
-    assert metrics["val_loss"] > 0 and metrics["val_original_loss"] > 0 and metrics["val_loss"] != metrics["val_original_loss"]
-    losses = [float(line.split("\t")[-1]) for line in
-              (Path("metrics/finetune/sdd/train/loss.tsv")).read_text().splitlines()[1:]]
+    assert (
+        metrics["val_loss"] > 0
+        and metrics["val_original_loss"] > 0
+        and metrics["val_loss"] != metrics["val_original_loss"]
+    )
+    losses = [
+        float(line.split("\t")[-1])
+        for line in (Path("metrics/finetune/sdd/train/loss.tsv")).read_text().splitlines()[1:]
+    ]
     assert len(losses) == 6 and losses[-1] < losses[0]  # the loss goes down
     assert Path("metrics/finetune/sdd/val/loss.tsv").is_file()
 
@@ -180,8 +230,15 @@ def test_full_finetuning_changes_every_tensor(tmp_path, monkeypatch):
 
 def run_stage(cwd: Path, arm: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "stages.finetune", arm], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.finetune", arm],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
@@ -203,8 +260,11 @@ def test_resume_after_kill(tmp_path):
     checkpoints = tmp_path / ".sdd-scratch/finetune/sft/checkpoints"
     proc = run_stage(tmp_path, "sft", start_new_session=True)
     deadline = time.time() + 300
-    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file() and time.time() < deadline \
-            and proc.poll() is None:
+    while (
+        not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file()
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.02)  # kill right after the first checkpoint: the rest of the run is the window
     assert proc.poll() is None, "training ended before it could be killed; raise max_steps"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -219,14 +279,16 @@ def test_resume_after_kill(tmp_path):
     assert proc.returncode == 0, out
     metrics = read_json(tmp_path / "metrics/finetune/sft.json")
     assert metrics["resumed_from_step"] >= killed_at >= 4 and metrics["steps"] == 120
-    steps = [int(line.split("\t")[0]) for line in
-             (tmp_path / "metrics/finetune/sft/train/loss.tsv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split("\t")[0])
+        for line in (tmp_path / "metrics/finetune/sft/train/loss.tsv").read_text().splitlines()[1:]
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == 120  # the curve continues without duplicate points
 
 
 def test_dvc_stage_tracks_every_shared_setting():
     """A training knob missing from dvc.yaml would not re-run the arms when it changes."""
-    from sdd.params import FinetuneParams
+    from sdd.config.finetune import FinetuneParams
 
     stage_params = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["finetune"]["do"]["params"]
     shared = {f"finetune.{name}" for name in FinetuneParams.model_fields if name != "arms"}

@@ -14,14 +14,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, build_llama, build_tokenizer
-from sdd import layer_scores as ls
-from sdd.fidelity import kl_per_token, top1_agreement
-from sdd.io import to_frame, write_parquet
-from sdd.params import load_params
-from sdd.pruning import drop_layers
-from sdd.schemas import PREPARED
+from sdd.artifacts import to_frame, write_parquet
+from sdd.config import load_params
+from sdd.data.schemas import PREPARED
+from sdd.eval.fidelity import kl_per_token, top1_agreement
+from sdd.model import layer_scores as ls
+from sdd.model.pruning import drop_layers
 from stages import layer_scores as stage
+
+from conftest import REPO, build_llama, build_tokenizer
 
 TEXTS = [
     "Natalia sold clips to 48 of her friends in April.",
@@ -51,6 +52,7 @@ def layer_io(model, ids: list[int], first: int, second: int) -> tuple[torch.Tens
     def grab(key):
         def hook(m, args, kwargs):
             got[key] = args[0] if args else kwargs["hidden_states"]
+
         return hook
 
     handles = [layers[first].register_forward_pre_hook(grab("a"), with_kwargs=True)]
@@ -89,9 +91,9 @@ def test_one_pass_table_equals_brute_force_per_n(model, tokenizer):
                 mean += ls.angular_distance(a, b).tolist()
             assert table["angular_last_token"][n - 1, start] == pytest.approx(sum(last) / len(last), abs=1e-5)
             assert table["angular_mean_token"][n - 1, start] == pytest.approx(sum(mean) / len(mean), abs=1e-5)
-            expected_bi = sum(influence[start:start + n]) / tokens
+            expected_bi = sum(influence[start : start + n]) / tokens
             assert table["block_influence"][n - 1, start] == pytest.approx(expected_bi, abs=1e-5)
-        assert all(math.isnan(float(v)) for v in table["angular_mean_token"][n - 1, num_layers + 1 - n:])
+        assert all(math.isnan(float(v)) for v in table["angular_mean_token"][n - 1, num_layers + 1 - n :])
 
 
 def test_scores_do_not_depend_on_padding(model, tokenizer):
@@ -155,6 +157,7 @@ def test_rank_correlation():
 
 # --- the stage, on a tiny model in a temporary project ------------------------------------------
 
+
 def make_project(root: Path, monkeypatch, model_factory=None, rows: int = 12, **overrides) -> Path:
     """A working directory with the repository's params.yaml, a tiny base model and two prepared datasets."""
     tok = build_tokenizer()
@@ -162,12 +165,33 @@ def make_project(root: Path, monkeypatch, model_factory=None, rows: int = 12, **
     model.save_pretrained(root / "data/models/base", safe_serialization=True)
     tok.save_pretrained(root / "data/models/base")
     for prefix, ds in (("a", "gsm8k"), ("b", "alpaca")):
-        frame = to_frame([{"id": f"{prefix}{i:015x}", "dataset": ds, "instruction": f"Question {i}: {TEXTS[i % 5]}",
-                           "context": "", "response": TEXTS[(i + 1) % 5], "answer": None} for i in range(rows)], PREPARED)
+        frame = to_frame(
+            [
+                {
+                    "id": f"{prefix}{i:015x}",
+                    "dataset": ds,
+                    "instruction": f"Question {i}: {TEXTS[i % 5]}",
+                    "context": "",
+                    "response": TEXTS[(i + 1) % 5],
+                    "answer": None,
+                }
+                for i in range(rows)
+            ],
+            PREPARED,
+        )
         write_parquet(frame, root / f"data/prepared/{ds}.parquet", PREPARED)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["layer_scores"].update({"samples": 8, "max_length": 96, "batch_size": 3, "max_n": 4, "dtype": "float32",
-                                   "kl_n_layers": [2], "shortlist": 3})
+    params["layer_scores"].update(
+        {
+            "samples": 8,
+            "max_length": 96,
+            "batch_size": 3,
+            "max_n": 4,
+            "dtype": "float32",
+            "kl_n_layers": [2],
+            "shortlist": 3,
+        }
+    )
     params["prune"].update({"n_layers": 2})
     for key, value in overrides.items():
         section, name = key.split("__")
@@ -194,8 +218,9 @@ def test_stage_writes_scores_table_and_candidates(tmp_path, monkeypatch):
 
 
 def test_shortlist_of_every_candidate_equals_no_shortlist(tmp_path, monkeypatch):
-    make_project(tmp_path, monkeypatch, model_factory=lambda t: build_llama(t, num_layers=6, seed=3),
-                 layer_scores__samples=4)
+    make_project(
+        tmp_path, monkeypatch, model_factory=lambda t: build_llama(t, num_layers=6, seed=3), layer_scores__samples=4
+    )
     results = {}
     for shortlist in (None, 5):  # 6 layers, n = 2: starts 0..4
         params = yaml.safe_load(Path("params.yaml").read_text())
@@ -212,8 +237,8 @@ def test_last_token_rule_reads_the_chat_template_newline(tmp_path, monkeypatch):
     tok = build_tokenizer()
     row = {"instruction": "Write a short poem", "context": "", "response": "The sea."}
     ids, content_end = stage.render(tok, row)
-    assert tok.decode(ids[content_end + 1:]) == "<|im_end|>\n"
-    assert tok.decode(ids[:content_end + 1]).endswith("The sea.")
+    assert tok.decode(ids[content_end + 1 :]) == "<|im_end|>\n"
+    assert tok.decode(ids[: content_end + 1]).endswith("The sea.")
 
 
 def test_too_few_usable_rows_is_a_clear_error(tmp_path, monkeypatch):

@@ -15,10 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from sdd.config.merge import MergeRecipe
+from sdd.model import merging
+from sdd.model.checkpoint import load_model
+
 from conftest import REPO, build_llama, build_tokenizer, save_tiny
-from sdd import merging
-from sdd.modelio import load_model
-from sdd.params import MergeRecipe
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -89,8 +90,12 @@ def test_merged_checkpoint_loads_with_tokenizer_and_chat_template(tmp_path, pair
     model, tok = load_model(out)
     assert model.config.num_hidden_layers == 4
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "How many clips?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "How many clips?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(logits).all()
@@ -122,17 +127,23 @@ def test_mismatched_shapes_fail_naming_the_key(tmp_path, pair):
         merging.check_compatible({"a": merging.describe(pair[0]), "wide": merging.describe(wide)})
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ({"models": ["finetuned/a"]}, "at least 2 items"),
-    ({"models": ["finetuned/a", "finetuned/b"], "method": "slurp"}, "did you mean 'slerp'"),
-    ({"models": ["finetuned/a", "finetuned/b"], "params": {"t": 1.5}}, r"t=1.5 is outside \[0, 1\]"),
-    ({"models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "slerp merges exactly 2 models"),
-    ({"models": ["finetuned/a", "finetuned/b"], "method": "ties"}, "ties needs `base`"),
-    ({"models": ["finetuned/a", "finetuned/b"], "method": "linear", "params": {"weight": [1.0]}}, "1 values for 2 models"),
-    ({"models": ["finetuned/a", "finetuned/b"], "params": {"density": 0.5}}, "slerp has no param 'density'"),
-    ({"models": ["finetuned/a", "merged/x"]}, r"\['merged/x'\] are not under"),
-    ({"models": ["finetuned/a", "finetuned/a"]}, "lists 'finetuned/a' twice"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"models": ["finetuned/a"]}, "at least 2 items"),
+        ({"models": ["finetuned/a", "finetuned/b"], "method": "slurp"}, "did you mean 'slerp'"),
+        ({"models": ["finetuned/a", "finetuned/b"], "params": {"t": 1.5}}, r"t=1.5 is outside \[0, 1\]"),
+        ({"models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "slerp merges exactly 2 models"),
+        ({"models": ["finetuned/a", "finetuned/b"], "method": "ties"}, "ties needs `base`"),
+        (
+            {"models": ["finetuned/a", "finetuned/b"], "method": "linear", "params": {"weight": [1.0]}},
+            "1 values for 2 models",
+        ),
+        ({"models": ["finetuned/a", "finetuned/b"], "params": {"density": 0.5}}, "slerp has no param 'density'"),
+        ({"models": ["finetuned/a", "merged/x"]}, r"\['merged/x'\] are not under"),
+        ({"models": ["finetuned/a", "finetuned/a"]}, "lists 'finetuned/a' twice"),
+    ],
+)
 def test_bad_recipes_fail_at_params_time(recipe, message):
     with pytest.raises(ValueError, match=message):
         MergeRecipe(**recipe)
@@ -147,20 +158,26 @@ def test_stage_writes_merged_model_and_metrics(tmp_path, pair):
     for name, src in zip(arms, pair):
         os.symlink(src, models / "finetuned" / name)
     params["paths"] = {"models": "data/models", "metrics": "metrics"}
-    params["merge"] = {"dtype": "bfloat16", "recipes": {"mix": {"models": [f"finetuned/{a}" for a in arms],
-                                                                  "params": {"t": 0.5}}}}
+    params["merge"] = {
+        "dtype": "bfloat16",
+        "recipes": {"mix": {"models": [f"finetuned/{a}" for a in arms], "params": {"t": 0.5}}},
+    }
     params["speculate"]["drafts"] = {}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stages.merge", "mix"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.merge", "mix"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     out = models / "merged" / "mix"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "mergekit_config.yml"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "mergekit_config.yml"} <= {
+        p.name for p in out.iterdir()
+    }
     assert weights(out)["model.embed_tokens.weight"].dtype == torch.bfloat16
     metrics = json.loads((tmp_path / "metrics" / "merge" / "mix.json").read_text())
     assert metrics["method"] == "slerp" and metrics["params"] == {"t": 0.5} and metrics["num_hidden_layers"] == 4
 
-    bad = subprocess.run([sys.executable, "-m", "stages.merge", "mixx"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "stages.merge", "mixx"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "did you mean 'mix'" in bad.stderr

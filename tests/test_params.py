@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from sdd.params import load_params
+from sdd.config import load_params
 
 from conftest import REPO
 

@@ -15,20 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from test_layer_scores import make_project
 from transformers import LlamaConfig
 
-from conftest import build_llama
-from sdd import pruning
-from sdd.modelio import load_model, save_model
+from sdd.model import pruning
+from sdd.model.checkpoint import load_model, save_model
 from stages import layer_scores, prune
-from test_layer_scores import make_project
 
-LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+from conftest import build_llama
+
+LLAMA_31_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+)
 
 
 def skipped_logits(model, ids: torch.Tensor, mask: torch.Tensor, skip: range) -> torch.Tensor:
     """The original model's logits with layers in `skip` turned into the identity by forward hooks."""
+
     def identity(module, args, kwargs, output):
         return args[0] if args else kwargs["hidden_states"]
 
@@ -91,11 +101,14 @@ def test_parameter_formula_matches_an_exact_count(tokenizer, tied):
     assert pruning.parameter_count(model.config) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("start, n, message", [
-    (0, 6, r"prune.n_layers=6 but the model has 6 layers; choose 1..5"),
-    (6, 2, r"prune.start=6 is out of range .* choose 0..4"),
-    (4, 3, r"would remove layers up to 6, past the last layer \(5\); choose start 0..3"),
-])
+@pytest.mark.parametrize(
+    "start, n, message",
+    [
+        (0, 6, r"prune.n_layers=6 but the model has 6 layers; choose 1..5"),
+        (6, 2, r"prune.start=6 is out of range .* choose 0..4"),
+        (4, 3, r"would remove layers up to 6, past the last layer \(5\); choose start 0..3"),
+    ],
+)
 def test_impossible_blocks_fail_clearly(start, n, message):
     with pytest.raises(ValueError, match=message):
         pruning.check_block(6, start, n)
@@ -143,7 +156,13 @@ def test_vllm_loads_and_runs_the_pruned_checkpoint(tmp_path, monkeypatch):
     script = tmp_path / "run_vllm.py"
     script.write_text(VLLM_SCRIPT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data/models/pruned")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "data/models/pruned")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GENERATED_TOKENS 8" in proc.stdout

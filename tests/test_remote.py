@@ -19,13 +19,20 @@ from conftest import copy_repo, run_dvc
 pytestmark = pytest.mark.slow
 
 TARGETS = ["base_model", "prepare@gsm8k", "prepare@alpaca"]
-ARTIFACTS = ["data/models/base", "data/prepared/gsm8k.parquet", "data/prepared/alpaca.parquet",
-             "data/prepared/alpaca.rejected.parquet"]
+ARTIFACTS = [
+    "data/models/base",
+    "data/prepared/gsm8k.parquet",
+    "data/prepared/alpaca.parquet",
+    "data/prepared/alpaca.rejected.parquet",
+]
 # Throwaway credentials for the local moto server; real ones come from the environment or
 # `dvc remote modify --local`, never from params.yaml.
 # Distinctive values, so the test can tell that they were written nowhere.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "sdd-test-key-id-5c1e", "AWS_SECRET_ACCESS_KEY": "sdd-test-secret-9f7b2",
-          "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "sdd-test-key-id-5c1e",
+    "AWS_SECRET_ACCESS_KEY": "sdd-test-secret-9f7b2",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -37,8 +44,11 @@ def free_port() -> int:
 @pytest.fixture
 def s3_server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
@@ -60,13 +70,17 @@ def s3_server():
 
 
 def _boto_kwargs():
-    return {"aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-            "region_name": S3_ENV["AWS_DEFAULT_REGION"]}
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
+    }
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+    )
 
 
 def built_repo(tmp_path: Path, tiny_model_dir: Path, mirror: Path) -> Path:
@@ -99,8 +113,9 @@ def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> tuple[Path, str]:
             assert a.read_bytes() == b.read_bytes(), rel
     status = run_dvc(clone, "status", *TARGETS, env={**env, "SDD_DATA_MIRROR": ""})
     again = run_dvc(clone, "repro", *TARGETS, env={**env, "SDD_DATA_MIRROR": ""})
-    assert "Running stage 'base_model'" not in again.stdout and "Running stage 'prepare@" not in again.stdout, \
+    assert "Running stage 'base_model'" not in again.stdout and "Running stage 'prepare@" not in again.stdout, (
         status.stdout + again.stdout
+    )
     return clone, "".join(p.stdout + p.stderr for p in (pushed, pulled, status, again))
 
 
@@ -114,7 +129,9 @@ def test_s3_remote_push_clone_pull(tmp_path, tiny_model_dir, mirror, s3_server):
     assert not any(secret in output.encode() for secret in secrets)
     for root in (repo, clone):
         # everything but git's objects and the copied tests (this file names the values)
-        for path in (p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in (".git", "tests")):
+        for path in (
+            p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in (".git", "tests")
+        ):
             data = path.read_bytes()
             assert not any(secret in data for secret in secrets), path
 
@@ -131,8 +148,14 @@ def test_second_concurrent_repro_is_refused(tmp_path, tiny_model_dir, mirror):
     params["base_model"]["source"] = str(tiny_model_dir)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SDD_DATA_MIRROR": str(mirror)}
-    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "base_model"], cwd=repo, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "base_model"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # Wait until the first one runs its stage command (it holds the repo lock while it does).
     deadline = time.time() + 60
     while time.time() < deadline and not _stage_running(repo):

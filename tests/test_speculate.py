@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sdd.artifacts import to_frame, write_parquet
+from sdd.data.schemas import PREPARED
+from sdd.generate import speculation
+from sdd.generate.speculation import SpecCounters
+
 from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc
-from sdd import speculation
-from sdd.io import to_frame, write_parquet
-from sdd.schemas import PREPARED
-from sdd.speculation import SpecCounters
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Counter:  # the shape of vllm.v1.metrics.reader.Counter / Vector
 
 def test_counters_are_summed_over_engines_and_ignore_other_metrics():
     metrics = [
-        Counter("vllm:spec_decode_num_drafts", 10), Counter("vllm:spec_decode_num_drafts", 5),
+        Counter("vllm:spec_decode_num_drafts", 10),
+        Counter("vllm:spec_decode_num_drafts", 5),
         Counter("vllm:spec_decode_num_draft_tokens", 60),
         Counter("vllm:spec_decode_num_accepted_tokens", 33),
         Counter("vllm:spec_decode_num_accepted_tokens_per_pos", values=(12, 9, 6, 3)),
@@ -79,9 +81,16 @@ def test_workload_fingerprint_changes_with_prompts_and_settings():
 
 # --- the stage, end to end (vLLM in subprocesses) ---------------------------------------------
 
-QUESTIONS = ["How many clips did Natalia sell?", "Write a short poem about the sea.", "Give three tips for staying healthy.",
-             "What is 48 + 24?", "The quick brown fox jumps over the lazy dog.", "How many clips in May?",
-             "Name a colour of the sea.", "What is half of 48?"]
+QUESTIONS = [
+    "How many clips did Natalia sell?",
+    "Write a short poem about the sea.",
+    "Give three tips for staying healthy.",
+    "What is 48 + 24?",
+    "The quick brown fox jumps over the lazy dog.",
+    "How many clips in May?",
+    "Name a colour of the sea.",
+    "What is half of 48?",
+]
 
 
 def save_model(path: Path, seed: int) -> Path:
@@ -95,8 +104,14 @@ def run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:
     # In-process engine (no EngineCore/worker processes): starts in about half the time here. Its
     # tokens/s is not representative (measured 13 vs 510 tok/s), which these tests do not assert on.
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    return subprocess.run([sys.executable, "-m", "stages.speculate", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stages.speculate", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +120,33 @@ def project(tmp_path_factory) -> Path:
     models = root / "data" / "models"
     save_model(models / "base", seed=0)
     save_model(models / "other", seed=7)
-    rows = [{"id": hashlib.sha256(q.encode()).hexdigest()[:16], "dataset": "gsm8k", "instruction": q, "context": "",
-             "response": "The answer is 72.", "answer": "72"} for q in QUESTIONS]
+    rows = [
+        {
+            "id": hashlib.sha256(q.encode()).hexdigest()[:16],
+            "dataset": "gsm8k",
+            "instruction": q,
+            "context": "",
+            "response": "The answer is 72.",
+            "answer": "72",
+        }
+        for q in QUESTIONS
+    ]
     write_parquet(to_frame(rows, PREPARED), root / "data" / "prepared" / "gsm8k.parquet", PREPARED)
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real file: other sections stay valid
     params["paths"] = {"models": "data/models", "prepared": "data/prepared", "metrics": "metrics"}
     params.setdefault("finetune", {})["val_fraction"] = 0.25  # 2 of 8 rows held out
     params["speculate"] = {
-        "target": "base", "drafts": {"itself": "base", "random": "other"}, "num_speculative_tokens": 3,
-        "temperature": 0.0, "prompts": {"datasets": ["gsm8k"], "per_dataset": 2, "max_tokens": 24},
-        "engine_args": {"dtype": "float32", "max_model_len": 256, "gpu_memory_utilization": 0.05, "enforce_eager": True},
+        "target": "base",
+        "drafts": {"itself": "base", "random": "other"},
+        "num_speculative_tokens": 3,
+        "temperature": 0.0,
+        "prompts": {"datasets": ["gsm8k"], "per_dataset": 2, "max_tokens": 24},
+        "engine_args": {
+            "dtype": "float32",
+            "max_model_len": 256,
+            "gpu_memory_utilization": 0.05,
+            "enforce_eager": True,
+        },
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root

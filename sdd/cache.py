@@ -1,0 +1,108 @@
+"""One mechanism for "was this computed from the same inputs?": fingerprints of settings, digests
+of files and folders, and a resumable store of finished pieces of work.
+
+    key = fingerprint({"model": tree_digest(model_dir), "settings": cfg.model_dump()})
+    store = PieceStore(scratch / "distill" / "gsm8k", key)    # drops pieces of any other key
+    store.load("chunk-00000", ids) or store.save("chunk-00000", ids, payload)
+
+DVC caches whole stage outputs; this caches the pieces *inside* a long stage (generation chunks,
+evaluation tasks, training checkpoints), so a killed run resumes with what it had finished and
+never reuses a piece made from other inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sdd.artifacts import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """The first `length` hex digits of sha256 over `obj` as canonical JSON (sorted keys, UTF-8)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+def _update(digest: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+
+
+def file_digest(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 (hex) over the bytes of `paths`, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        _update(digest, Path(path))
+    return digest.hexdigest()
+
+
+def tree_digest(directory: str | os.PathLike) -> str:
+    """sha256 (hex) over every file of a directory (relative names and bytes): the key of what was
+    computed from a model, so a piece is reused only for the very same weights and tokenizer."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        _update(digest, path)
+    return digest.hexdigest()
+
+
+class PieceStore:
+    """Finished pieces of one stage run, as JSON files in `root/<key>/`.
+
+    Opening a store for `key` removes the folders of every other key under `root` (work made from
+    other inputs). Each piece records the item ids it covers and is read back only if they match.
+    """
+
+    def __init__(self, root: str | os.PathLike, key: str):
+        self.root, self.key = Path(root), key
+        self.dir = self.root / key
+        for stale in (p for p in self.root.glob("*") if p.is_dir() and p.name != key):
+            log.info("removing pieces made from other inputs: %s", stale)
+            shutil.rmtree(stale)
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def load(self, name: str, ids: list[Any]) -> Any | None:
+        """The payload saved for `name` if it covers exactly `ids`, else None."""
+        path = self.path(name)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("ignoring unreadable piece %s (%s); recomputing it", path, err)
+            return None
+        if not isinstance(data, dict) or data.get("ids") != ids:
+            log.warning("%s holds other items than expected; recomputing it", path)
+            return None
+        return data["payload"]
+
+    def save(self, name: str, ids: list[Any], payload: Any) -> Any:
+        with atomic_path(self.path(name)) as tmp:
+            tmp.write_text(json.dumps({"ids": ids, "payload": payload}, default=str), encoding="utf-8")
+        return payload
+
+
+def keyed_dir(run_dir: str | os.PathLike, key: str) -> Path:
+    """A folder for resumable state (e.g. Trainer checkpoints) kept only while `key` is unchanged:
+    if it was written for another key it is emptied first."""
+    run_dir = Path(run_dir)
+    stamp = run_dir / "fingerprint"
+    if run_dir.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        log.info("inputs changed since the state in %s was written; starting over", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return run_dir

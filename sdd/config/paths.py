@@ -1,0 +1,47 @@
+"""`paths`: artifact directories; `dvc.yaml` templates the same values with `${paths.*}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdd.config.base import Section
+
+
+class Paths(Section):
+    sources: str = "data/sources"
+    prepared: str = "data/prepared"
+    distilled: str = "data/distilled"
+    models: str = "data/models"
+    metrics: str = "metrics"
+    reports: str = "reports"
+    eval: str = "data/eval"
+    scratch: str = ".sdd-scratch"
+
+    def source_file(self, ds: str) -> Path:
+        return Path(self.sources) / f"{ds}.json"
+
+    def prepared_file(self, ds: str) -> Path:
+        return Path(self.prepared) / f"{ds}.parquet"
+
+    def rejected_file(self, ds: str) -> Path:
+        return Path(self.prepared) / f"{ds}.rejected.parquet"
+
+    def distilled_file(self, ds: str) -> Path:
+        return Path(self.distilled) / f"{ds}.parquet"
+
+    def model_dir(self, name: str) -> Path:
+        return Path(self.models) / name
+
+    def report_file(self, name: str) -> Path:
+        return Path(self.reports) / name
+
+    def eval_samples_file(self, name: str) -> Path:
+        return Path(self.eval) / f"{name}.parquet"
+
+    def metrics_file(self, stage: str, name: str | None = None) -> Path:
+        """A stage's details (settings, timings, per-item breakdowns): a plain output other stages read."""
+        return Path(self.metrics) / stage / f"{name or stage}.json"
+
+    def headline_file(self, stage: str, name: str | None = None) -> Path:
+        """A stage's headline numbers: the few flat values dvc.yaml declares as `metrics`."""
+        return Path(self.metrics) / stage / f"{name or stage}.headline.json"

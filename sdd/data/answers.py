@@ -1,0 +1,189 @@
+"""Final-answer extraction and the conditional selection of self-distilled responses.
+
+    from sdd.data.answers import extract_answer, select
+    extract_answer("... so she has 1,200 apples.\\n#### 1,200")        # -> "1200"
+    select(row_answer="72", candidates=[...], leak_phrases=(...))      # -> Choice
+
+Pure functions (value in, value out). Conditional selection follows self-data distillation
+(Thangarasa et al. 2024, "Self-Data Distillation for Recovering Quality in Pruned LLMs", after
+SDFT, Yang et al. 2024): a rewrite replaces the dataset's response only when it is usable, and,
+where the task has a checkable answer, only when its final answer equals the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+
+# Order matters: the most explicit marker wins (a "####" line beats a number in the prose).
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
+
+
+def _boxed(text: str) -> str | None:
+    r"""Content of the last `\boxed{...}` (or `\fbox{...}`), braces balanced."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    out: list[str] = []
+    while i < len(text):
+        ch = text[i]
+        depth += ch == "{"
+        depth -= ch == "}"
+        if depth == 0:
+            return "".join(out)
+        out.append(ch)
+        i += 1
+    return None  # unbalanced: the rewrite was cut off inside the box
+
+
+def normalize_answer(value: str) -> str:
+    r"""Canonical text of an answer so that equal answers compare equal.
+
+    Removes `$`, thousands separators, LaTeX wrappers (`\text{}`, `\frac{a}{b}`, `\dfrac`),
+    units/trailing words and a trailing period; numbers become their shortest exact form
+    ("5.0" -> "5", "3/6" -> "1/2", "0.50" -> "0.5"). Non-numeric answers are lower-cased and
+    stripped of spaces, so "\text{(A)}" and "(a)" match.
+    """
+    text = value.strip()
+    text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", text)
+    text = re.sub(r"\\(?:text|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
+    text = text.replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\,", "").replace("\\%", "%")
+    text = text.strip().rstrip(".").strip()
+    number = _NUMBER.match(text.replace("(", "").replace(")", ""))
+    if number and not _leftover_is_math(text.replace("(", "").replace(")", "")[number.end() :]):
+        return _canonical_number(number.group(0))
+    return re.sub(r"\s+", "", text).lower()
+
+
+def _leftover_is_math(rest: str) -> bool:
+    """True when text after a leading number makes it an expression ("2x+1", "3^2"), not a unit."""
+    return bool(re.match(r"\s*[+\-*/^=<>]|[a-zA-Z](?![a-zA-Z])", rest))
+
+
+def _canonical_number(raw: str) -> str:
+    raw = raw.replace("$", "").replace(",", "").replace(" ", "")
+    if "/" in raw:
+        num, den = raw.split("/")
+        if int(den) == 0:
+            return raw
+        value = Fraction(int(num), int(den))
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    text = format(Decimal(raw).normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The final answer of a solution, normalised, or None when it states none.
+
+    Tried in order: the last `#### N` line (GSM8k format), the last `\boxed{...}` (MATH /
+    OpenMathInstruct), the last "the answer is N" phrase, then the last number in the text.
+    """
+    hashes = _HASHES.findall(text)
+    if hashes and hashes[-1].strip():
+        return normalize_answer(hashes[-1])
+    boxed = _boxed(text)
+    if boxed is not None and boxed.strip():
+        return normalize_answer(boxed)
+    stated = _ANSWER_IS.findall(text)
+    if stated:
+        first = _NUMBER.search(stated[-1])
+        return normalize_answer(first.group(0) if first else stated[-1])
+    numbers = _NUMBER.findall(text)
+    return normalize_answer(numbers[-1]) if numbers else None
+
+
+def answers_match(predicted: str | None, reference: str | None) -> bool:
+    """Equal after normalisation; a missing prediction never matches."""
+    if predicted is None or reference is None:
+        return False
+    return normalize_answer(predicted) == normalize_answer(reference)
+
+
+def leaked_phrase(text: str, phrases: tuple[str, ...] | list[str]) -> str | None:
+    """The first prompt phrase (case-insensitive) the rewrite repeats, e.g. "the reference"."""
+    lower = text.lower()
+    return next((p for p in phrases if p.lower() in lower), None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    selected: str  # "distilled" or "original"
+    reason: str  # "accepted" or why the rewrite was rejected
+    candidate: int | None  # index of the kept candidate, None when the original is kept
+
+
+REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
+
+
+def judge(candidate, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> str:
+    """Why a single rewrite is rejected, or "accepted" (see REASONS).
+
+    `candidate` has `text` and `finish_reason` ("stop", or "length" when max_tokens cut it off),
+    e.g. a `sdd.generation.Generation`. `min_chars` rejects rewrites that drop the reasoning
+    (a small model often answers a math problem with only "#### 72").
+    """
+    if not candidate.text.strip():
+        return "empty"
+    if candidate.finish_reason == "length":
+        return "truncated"
+    if leaked_phrase(candidate.text, leak_phrases):
+        return "leak"
+    if len(candidate.text.strip()) < min_chars:
+        return "too_short"
+    if reference_answer is not None:
+        predicted = extract_answer(candidate.text)
+        if predicted is None:
+            return "no_answer"
+        if not answers_match(predicted, reference_answer):
+            return "wrong_answer"
+    return "accepted"
+
+
+def select(candidates: list, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> Choice:
+    """Keep the first acceptable rewrite; otherwise the original, with the first rewrite's reason.
+
+    `reference_answer` None means the task has no checkable answer (general instructions).
+    """
+    if not candidates:  # not generated: the prompt did not fit max_model_len
+        return Choice("original", "prompt_too_long", None)
+    reasons = [judge(c, reference_answer, leak_phrases, min_chars) for c in candidates]
+    for i, reason in enumerate(reasons):
+        if reason == "accepted":
+            return Choice("distilled", "accepted", i)
+    return Choice("original", reasons[0], None)
+
+
+def apply_selection(
+    rows: list[dict], generations: list[list], check_answers: bool, leak_phrases, min_length_ratio: float = 0.0
+) -> list[dict]:
+    """Distilled rows: each prepared row plus its rewrite, the selected response and the reason.
+
+    `generations[i]` holds row i's candidates (empty when it was not generated). With
+    `check_answers` (math datasets) a rewrite must reproduce the row's `answer`; every rewrite
+    must be at least `min_length_ratio` times as long (in characters) as the original response.
+    """
+    out = []
+    for row, candidates in zip(rows, generations, strict=True):
+        reference = row.get("answer") if check_answers else None
+        choice = select(candidates, reference, leak_phrases, int(min_length_ratio * len(row["response"].strip())))
+        shown = candidates[choice.candidate if choice.candidate is not None else 0] if candidates else None
+        out.append(
+            {
+                **row,
+                "response": shown.text if shown and choice.selected == "distilled" else row["response"],
+                "response_original": row["response"],
+                "response_distilled": shown.text if shown else "",
+                "selected": choice.selected,
+                "reason": choice.reason,
+                "finish_reason": shown.finish_reason if shown else "not_generated",
+                "prompt_tokens": shown.prompt_tokens if shown else 0,
+                "generated_tokens": sum(c.generated_tokens for c in candidates),
+            }
+        )
+    return out

@@ -1,0 +1,157 @@
+"""Fidelity of a model to the reference (base) model on held-out prompts.
+
+    from sdd.eval.fidelity import render_prompts, reference_sequences, compare
+    seqs = reference_sequences(base, tok, render_prompts(tok, rows), max_new_tokens=48, batch_size=8)
+    compare(base, model, seqs, batch_size=8)   # {"kl": ..., "top1_agreement": ..., "perplexity": ...}
+
+The reference model writes a greedy continuation of every prompt; both models then read
+prompt + continuation (teacher forcing) and are compared on the continuation's positions:
+KL(P_base || P_model) per token, top-1 agreement, and the model's perplexity on the base's
+continuation (the distribution shift self-distillation is meant to avoid; Thangarasa et al. 2024
+argue it from this shift, SDFT, Yang et al. 2024, measure it). Values in, values out (no I/O).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdd.config.datasets import DatasetParams
+from sdd.config.evaluate import FidelityParams
+from sdd.data import sources
+from sdd.data.adapters import adapt_rows, sample
+from sdd.data.chat import prompt_text
+from sdd.errors import InputError
+from sdd.model.logits import kl_per_token, masked_mean, position_ids, top1_agreement
+
+
+@dataclass
+class Continuations:
+    input_ids: torch.Tensor  # (B, L), left-padded prompt + continuation (padded after EOS)
+    attention_mask: torch.Tensor  # (B, L)
+    continuation: torch.Tensor  # (B, L) bool: positions holding continuation tokens to score
+    prompt_width: int
+
+
+def render_prompts(tokenizer, rows: list[dict]) -> list[str]:
+    """Chat-render each canonical row (instruction, context) as a user turn awaiting the reply."""
+    return [prompt_text(tokenizer, row["instruction"], row.get("context")) for row in rows]
+
+
+@torch.no_grad()
+def reference_sequences(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> list[Continuations]:
+    """Greedy continuations of the reference model, kept as scored batches."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    batches = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
+        )
+        width = enc["input_ids"].shape[1]
+        gen = out[:, width:]
+        # Keep tokens up to and including the first EOS; what generate pads after it is not text.
+        ended = (gen == eos).long().cumsum(-1)
+        valid = (ended == 0) | ((ended == 1) & (gen == eos))
+        mask = torch.cat([enc["attention_mask"], valid.long()], dim=1)
+        cont = torch.cat([torch.zeros_like(enc["attention_mask"], dtype=torch.bool), valid], dim=1)
+        batches.append(Continuations(out, mask, cont, width))
+    return batches
+
+
+@torch.no_grad()
+def _logits(model, batch: Continuations) -> torch.Tensor:
+    device = next(model.parameters()).device
+    mask = batch.attention_mask.to(device)
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=mask, position_ids=position_ids(mask))
+    # Position t predicts token t+1: keep the predictions of the continuation tokens.
+    return out.logits[:, batch.prompt_width - 1 : -1].float().cpu()
+
+
+def compare(reference, model, batches: list[Continuations]) -> dict:
+    """Token-weighted KL, top-1 agreement and model perplexity over all continuation tokens."""
+    totals = {"kl": 0.0, "top1": 0.0, "nll": 0.0, "ref_nll": 0.0}
+    tokens = 0
+    for batch in batches:
+        ref = _logits(reference, batch)
+        mod = ref if model is reference else _logits(model, batch)
+        targets = batch.input_ids[:, batch.prompt_width :].cpu()
+        mask = batch.continuation[:, batch.prompt_width :].cpu()
+        count = int(mask.sum())
+        if count == 0:
+            continue
+        nll = -torch.log_softmax(mod, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ref_nll = -torch.log_softmax(ref, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        totals["kl"] += masked_mean(kl_per_token(ref, mod), mask) * count
+        totals["top1"] += masked_mean(top1_agreement(ref, mod), mask) * count
+        totals["nll"] += masked_mean(nll, mask) * count
+        totals["ref_nll"] += masked_mean(ref_nll, mask) * count
+        tokens += count
+    if tokens == 0:
+        raise InputError(
+            "the reference model produced no continuation tokens to compare on; raise evaluate.fidelity.max_new_tokens"
+        )
+    return {
+        "kl": totals["kl"] / tokens,
+        "top1_agreement": totals["top1"] / tokens,
+        "perplexity": float(torch.exp(torch.tensor(totals["nll"] / tokens))),
+        "reference_perplexity": float(torch.exp(torch.tensor(totals["ref_nll"] / tokens))),
+        "tokens": tokens,
+        "prompts": sum(len(b.input_ids) for b in batches),
+    }
+
+
+def fidelity_rows(prompts: dict[str, DatasetParams], mirror: Path | None, max_chars: int) -> list[dict]:
+    """The held-out prompts (canonical rows), the same for every model."""
+    rows = []
+    for name, ds in prompts.items():
+        adapted = adapt_rows(sources.read_rows(ds, mirror), name, ds.format, max_chars)
+        if not adapted.accepted:
+            raise InputError(f"evaluate.fidelity.prompts.{name}: no usable rows in {ds.source}")
+        rows += sample(adapted.accepted, ds.limit, ds.seed)
+    return rows
+
+
+def measure(reference: Any, model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int, batch_size: int) -> dict:
+    """The reference's greedy continuations of `rows`, and the model compared with it on them."""
+    batches = reference_sequences(reference, tokenizer, render_prompts(tokenizer, rows), max_new_tokens, batch_size)
+    return compare(reference, model, batches)
+
+
+def against_reference(
+    model_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    cfg: FidelityParams,
+    models_root: Path,
+    dtype: str,
+    dev: str,
+    mirror: Path | None,
+    max_chars: int,
+) -> dict:
+    """Fidelity of the loaded model to `cfg.reference` (loaded here unless it is the same model),
+    with the settings behind the numbers."""
+    from sdd.model.checkpoint import load_model
+
+    reference_dir = models_root / cfg.reference
+    same = Path(model_dir).resolve() == reference_dir.resolve()
+    reference = model if same else load_model(reference_dir, dtype, dev)[0]
+    rows = fidelity_rows(cfg.prompts, mirror, max_chars)
+    measured = measure(reference, model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
+    return {
+        **measured,
+        "reference": str(reference_dir),
+        "max_new_tokens": cfg.max_new_tokens,
+        "prompt_sets": {k: v.model_dump() for k, v in cfg.prompts.items()},
+    }

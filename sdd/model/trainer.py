@@ -1,0 +1,183 @@
+"""One recovery fine-tuning run: an arm's data, the Trainer, the saved checkpoint, and the
+multi-process launch.
+
+    train_rows, val, val_original = read_arm(paths, {"gsm8k": "distilled"}, val_fraction=0.1, seed=0)
+    metrics = train(arm, params, run_dir, device, world_size)     # resumes from run_dir's checkpoints
+    launch(arm, num_processes=2, on_cpu=True)                     # re-runs the stage under accelerate
+
+The pieces (encoding, collators, TrainingArguments, LoRA) are in `sdd/model/training.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdd.artifacts import atomic_path, read_parquet, write_json
+from sdd.config import Params
+from sdd.config.paths import Paths
+from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.model import training as ft
+from sdd.model.checkpoint import load_model, save_model
+
+log = logging.getLogger(__name__)
+LAUNCHED = "SDD_FINETUNE_LAUNCHED"  # set for the workers that `launch` starts: they must not launch again
+
+
+def arm_inputs(paths: Paths, data: Mapping[str, str]) -> list[Path]:
+    """The data files an arm trains on."""
+    return [paths.prepared_file(ds) if kind == "original" else paths.distilled_file(ds) for ds, kind in data.items()]
+
+
+def read_arm(
+    paths: Paths, data: Mapping[str, str], val_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train rows, validation rows, the same validation rows with the original response)."""
+    train_rows: list[dict] = []
+    val: list[dict] = []
+    val_original: list[dict] = []
+    for ds, kind in data.items():
+        if kind == "original":
+            df = read_parquet(paths.prepared_file(ds), PREPARED, producer=f"prepare@{ds}")
+            df = df.assign(response_original=df["response"])
+        else:
+            df = read_parquet(paths.distilled_file(ds), DISTILLED, producer=f"distill@{ds}")
+        rows = df.to_dict("records")
+        held_out = ft.split_by_id([r["id"] for r in rows], val_fraction, seed)
+        train_rows += [r for r in rows if r["id"] not in held_out]
+        val += [r for r in rows if r["id"] in held_out]
+        val_original += [{**r, "response": r["response_original"]} for r in rows if r["id"] in held_out]
+    return train_rows, val, val_original
+
+
+def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
+    """Re-run the finetune stage as `num_processes` DDP workers through `accelerate launch`."""
+    with socket.socket() as sock:  # a free port, so parallel runs on one machine do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # --multi_gpu selects accelerate's torchrun launcher on CPU too (its --cpu mode needs MPI for
+    # several processes); the Trainer then runs DDP with gloo because TrainingArguments.use_cpu is set.
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "stages.finetune",
+        arm,
+    ]
+    log.info("launching %d processes: %s", num_processes, " ".join(cmd))
+    subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
+
+
+def resolved(params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1) -> tuple[dict, Any]:
+    """(the arm's data, the TrainingArguments) exactly as training uses them."""
+    cfg = params.finetune
+    return cfg.arms[arm], ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size)
+
+
+def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) -> dict:
+    """Train one arm (resuming from the newest complete checkpoint), save the merged model, the
+    metrics and the loss curves; returns the headline numbers (empty on non-main processes)."""
+    import datasets
+    from transformers import Trainer
+
+    cfg, paths = params.finetune, params.paths
+    data, args = resolved(params, arm, run_dir, dev, world_size)
+    start = time.perf_counter()
+    model, tok = load_model(paths.model_dir("pruned"), "float32")
+    train_rows, val_rows, val_original_rows = read_arm(paths, data, cfg.val_fraction, cfg.seed)
+    train_ex, counts = ft.encode_rows(train_rows, tok, cfg.max_seq_len, cfg.overlong)
+    if not train_ex:
+        from sdd.errors import InputError
+
+        raise InputError(
+            f"arm {arm!r}: no training example left after finetune.overlong={cfg.overlong} at "
+            f"max_seq_len={cfg.max_seq_len} ({counts}); raise finetune.max_seq_len"
+        )
+    evals = {"val": ft.encode_rows(val_rows, tok, cfg.max_seq_len, "truncate")[0]}
+    if "distilled" in data.values():
+        evals["val_original"] = ft.encode_rows(val_original_rows, tok, cfg.max_seq_len, "truncate")[0]
+
+    def as_dataset(examples: list[dict]) -> Any:
+        return datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+
+    model = ft.apply_method(model, cfg)
+    resume = ft.last_complete_checkpoint(Path(args.output_dir))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    curves = ft.LossCurves(run_dir / "live", resume_step=ft.checkpoint_step(resume)) if is_main else None
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=as_dataset(train_ex),
+        eval_dataset={name: as_dataset(ex) for name, ex in evals.items()},
+        data_collator=ft.collator(tok, cfg.batching),
+        callbacks=[curves] if curves else [],
+    )
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = trainer.evaluate()
+    if not trainer.is_world_process_zero() or curves is None:
+        return {}
+    history = trainer.state.log_history
+    metrics = {
+        "arm": arm,
+        "data": data,
+        "method": cfg.method,
+        "batching": cfg.batching,
+        "num_processes": world_size,
+        "bf16": args.bf16,
+        "device": dev,
+        "resumed_from_step": ft.checkpoint_step(resume),
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_rows": len(train_ex),
+        "val_rows": len(evals["val"]),
+        "encode": counts,
+        "train_loss_last": ft.last_logged(history, "loss"),
+        "train_loss_mean": round(result.training_loss, 4),
+        "val_loss": round(final["eval_val_loss"], 4),
+        "val_original_loss": round(final.get("eval_val_original_loss", final["eval_val_loss"]), 4),
+        "train_seconds": round(result.metrics["train_runtime"], 2),
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
+    }
+    curves.finish()
+    trained: Any = trainer.model
+    with atomic_path(paths.model_dir(f"finetuned/{arm}")) as tmp:
+        tmp.mkdir()
+        if cfg.method == "lora":
+            trained.save_pretrained(tmp / "adapter")
+            merged = trained.merge_and_unload()
+        else:
+            merged = trained
+        save_model(merged, tok, tmp, cfg.save_dtype)
+    with atomic_path(Path(paths.metrics) / "finetune" / arm) as tmp:  # dvc.yaml declares it as plots
+        shutil.copytree(run_dir / "live" / "plots" / "metrics", tmp)
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+    write_json(paths.metrics_file("finetune", arm), metrics)
+    headline = {
+        k: metrics[k]
+        for k in ("steps", "tokens_seen", "train_loss_last", "val_loss", "val_original_loss", "tokens_per_second")
+    }
+    write_json(paths.headline_file("finetune", arm), headline)
+    return headline
