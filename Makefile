@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up .venv first (idempotent: a stamp file skips the
 # install when pyproject.toml and this Makefile are unchanged).
 #   make demo   set up, then `dvc repro` (bundled SmolLM2, mirror at ../shared/datasets if present)
-#   make test   set up, then the whole test suite (PYTEST_ARGS="-m 'not slow'" for a quick local run)
+#   make test   set up, then ruff + mypy, then the whole test suite (PYTEST_ARGS="-m 'not slow'" for a quick local run)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -14,7 +14,7 @@ export SDD_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo lint test
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -29,7 +29,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	dvc repro
 
-# pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
-test: setup
+# Lint, format and type checks first (seconds), then the tests. pytest exits 5 when it collected
+# no test: that is a failure here, never a silent pass.
+lint: setup
+	ruff check sdd stages tests bench
+	ruff format --check sdd stages tests bench
+	mypy
+
+test: lint
 	python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test; treating that as a failure" >&2; fi; exit $$rc

@@ -3,7 +3,6 @@ and Parquet validated against a pandera schema on the way out and on the way in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,19 +39,6 @@ def atomic_path(final: str | os.PathLike):
         os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def tree_digest(directory: str | os.PathLike) -> str:
-    """sha256 over every file of a directory (relative names and bytes): the cache key of what was
-    computed from a model, so a checkpoint is reused only for the very same weights and tokenizer."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -51,6 +51,8 @@ def format_validation_errors(path: object, err: Any, root: type[BaseModel]) -> s
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             message = str(e["msg"]).removeprefix("Value error, ")
+            if e["type"] == "literal_error" and isinstance(got, str):  # a typo among fixed choices
+                shown += did_you_mean(got, re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", ""))))
             lines.append(f"  - {key}: {message}{shown}")
     return "\n".join(lines)
 

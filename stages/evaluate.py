@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
         done = harness.run_tasks(make_lm, tasks, cfg, name, scratch, {**settings, "model": tree_digest(model_dir)})
         if model is None:
             model, tokenizer = load_model(model_dir, cfg.dtype, dev)
-        samples = write_parquet(to_frame(done["rows"], EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
+        samples = write_parquet(to_frame(done.rows, EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
         scores = stats.task_scores(samples)
         fid, root = cfg.fidelity, Path(paths.models)
         measured = fidelity.against_reference(
@@ -55,19 +55,19 @@ def main(argv: list[str]) -> None:
             "model_dir": str(model_dir),
             "average": stats.average(scores),
             "tasks": {
-                t.name: {**vars(scores[t.name]), **harness.task_settings(t), "lm_eval": done["lm_eval"][t.name]}
+                t.name: {**vars(scores[t.name]), **harness.task_settings(t), "lm_eval": done.lm_eval[t.name]}
                 for t in tasks
             },
             "fidelity": measured,
             "settings": settings,
-            "tasks_reused": done["reused"],
+            "tasks_reused": done.reused,
         }
         write_json(paths.metrics_file("evaluate", name), metrics)
         head = {"average": metrics["average"], "kl": measured["kl"], "top1_agreement": measured["top1_agreement"]}
         write_json(
             paths.headline_file("evaluate", name), {k: round(v, 4) for k, v in head.items()} | {"items": len(samples)}
         )
-        summary.update(average=round(metrics["average"], 4), items=len(samples), tasks_reused=len(done["reused"]))
+        summary.update(average=round(metrics["average"], 4), items=len(samples), tasks_reused=len(done.reused))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> None:
             f"speculate.drafts has {sorted(cfg.drafts)}"
         )
     stage = f"speculate@{args.draft}" if args.draft else "speculate_base"
-    log_params(stage, cfg)
+    unused = {"drafts", "num_speculative_tokens"} if args.baseline else {"drafts"}  # log what this stage reads
+    log_params(stage, {**cfg.model_dump(exclude=unused), **({"draft": cfg.drafts[args.draft]} if args.draft else {})})
 
     from transformers import AutoTokenizer
 
@@ -60,9 +61,14 @@ def main(argv: list[str]) -> None:
         if args.baseline:
             with vllm_engine(target, cfg.engine_args, disable_log_stats=False) as llm:
                 run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
-            run.pop("counters")
-            write_json(paths.metrics_file("speculate_base"), {**common, **run})
-            summary.update(tokens_per_s=round(run["tokens_per_s"], 1))
+            timing = {
+                "generated_tokens": run.generated_tokens,
+                "seconds": run.seconds,
+                "tokens_per_s": run.tokens_per_s,
+            }
+            write_json(paths.metrics_file("speculate_base"), {**common, **timing})
+            write_json(paths.headline_file("speculate_base"), {"tokens_per_s": round(run.tokens_per_s, 2)})
+            summary.update(tokens_per_s=round(run.tokens_per_s, 1))
             return
         baseline = read_json(paths.metrics_file("speculate_base"))
         if baseline.get("workload") != common["workload"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdd.eval import tasks
+from sdd.eval import tasks as eval_tasks
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def manager():
 @pytest.fixture
 def load(manager):
     def _load(task: str, shots: int, mirror, subjects=None) -> dict:
-        return dict(manager.load(tasks.task_configs(task, shots, mirror, subjects))["tasks"])
+        return dict(manager.load(eval_tasks.task_configs(task, shots, mirror, subjects))["tasks"])
 
     return _load
 
@@ -71,7 +71,7 @@ def test_hellaswag_preprocess_matches_lm_eval():
         "endings": ["a [step] b", "c"],
         "label": "1",
     }
-    out = tasks.hellaswag_doc(doc)
+    out = eval_tasks.hellaswag_doc(doc)
     assert out["query"] == "Home: How to x.. Do y. Then"
     assert out["choices"] == ["a b", "c"] and out["gold"] == 1
 
@@ -97,7 +97,7 @@ def test_mmlu_one_task_per_subject_with_first_dev_shots(mirror, load):
     )
     assert context.count("\nAnswer:") == 6  # five dev shots + the question
     with pytest.raises(ValueError, match="unknown subject"):
-        tasks.task_configs("mmlu", 5, mirror, ["anatomyy"])
+        eval_tasks.task_configs("mmlu", 5, mirror, ["anatomyy"])
 
 
 def test_truthfulqa_mc2(mirror, load):
@@ -112,9 +112,9 @@ def test_truthfulqa_mc2(mirror, load):
     assert target == 0
     # MC2: normalised probability mass on the 3 true answers (here 3 equal likelihoods of 6 -> 0.5).
     assert task.process_results(doc, [(0.0, False)] * 6)["acc"] == pytest.approx(0.5)
-    assert tasks.chance("truthfulqa_mc2", doc) == pytest.approx(0.5)
+    assert eval_tasks.chance("truthfulqa_mc2", doc) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no split to draw few-shot"):
-        tasks.task_configs("truthfulqa_mc2", 2, mirror)
+        eval_tasks.task_configs("truthfulqa_mc2", 2, mirror)
 
 
 def test_winogrande_partial_evaluation(mirror, load):
@@ -139,18 +139,18 @@ def test_gsm8k_prompt_target_and_filters(mirror, load):
     assert target.endswith("#### 18")
     assert task.config.fewshot_split == "train" and task.config.output_type == "generate_until"
     assert [f["name"] for f in task.config.filter_list] == ["strict-match", "flexible-extract"]
-    assert tasks.chance("gsm8k", doc) == 0.0
+    assert eval_tasks.chance("gsm8k", doc) == 0.0
 
 
 def test_hub_configs_without_mirror():
-    (arc,) = tasks.task_configs("arc_challenge", 25, None)
+    (arc,) = eval_tasks.task_configs("arc_challenge", 25, None)
     assert arc["dataset_path"] == "allenai/ai2_arc" and arc["dataset_name"] == "ARC-Challenge"
     assert arc["fewshot_split"] == "train"  # the standard split when the hub is used
-    (hs,) = tasks.task_configs("hellaswag", 10, None)
+    (hs,) = eval_tasks.task_configs("hellaswag", 10, None)
     assert hs["dataset_path"] == "Rowan/hellaswag" and hs["dataset_name"] is None
-    assert len(tasks.task_configs("mmlu", 5, None)) == 57
+    assert len(eval_tasks.task_configs("mmlu", 5, None)) == 57
 
 
 def test_missing_mirror_split_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the mirror has no .*openai/gsm8k/main/(test|train)\.jsonl"):
-        tasks.task_configs("gsm8k", 5, tmp_path)
+        eval_tasks.task_configs("gsm8k", 5, tmp_path)

@@ -17,7 +17,9 @@ import yaml
 
 from sdd.artifacts import read_json, to_frame, write_parquet
 from sdd.config import load_params
+from sdd.data.chat import user_message
 from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.model import trainer
 from sdd.model import training as ft
 from stages import finetune as stage
 
@@ -110,7 +112,7 @@ def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
     batch = ft.collator(tokenizer, "padded")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     for i, row in enumerate(rows("gsm8k", 2)):
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": ft.user_message(row["instruction"], row["context"])}],
+            [{"role": "user", "content": user_message(row["instruction"], row["context"])}],
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -140,7 +142,7 @@ def test_default_arms_differ_only_in_data(tmp_path):
     assert set(params.finetune.arms) >= {"sft", "sdd"}
     resolved = {}
     for arm in ("sft", "sdd"):
-        data, args = stage.resolved(params, arm, tmp_path / arm, "cpu")
+        data, args = trainer.resolved(params, arm, tmp_path / arm, "cpu")
         training = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir", "run_name")}
         resolved[arm] = (data, training)
     assert resolved["sft"][1] == resolved["sdd"][1]

@@ -16,9 +16,11 @@ import yaml
 
 from sdd.artifacts import to_frame, write_parquet
 from sdd.config import load_params
+from sdd.config.layer_scores import PROXIES
 from sdd.data.schemas import PREPARED
-from sdd.eval.fidelity import kl_per_token, top1_agreement
 from sdd.model import layer_scores as ls
+from sdd.model import layer_selection
+from sdd.model.logits import kl_per_token, top1_agreement
 from sdd.model.pruning import drop_layers
 from stages import layer_scores as stage
 
@@ -101,7 +103,7 @@ def test_scores_do_not_depend_on_padding(model, tokenizer):
     reference, _, _ = one_pass(model, seqs, positions, batch_size=1)
     for batch_size, side in [(5, "right"), (2, "left"), (3, "left")]:
         table, _, _ = one_pass(model, seqs, positions, batch_size=batch_size, side=side)
-        for name in ls.PROXIES:
+        for name in PROXIES:
             torch.testing.assert_close(table[name], reference[name], atol=1e-5, rtol=0, equal_nan=True)
 
 
@@ -119,7 +121,7 @@ def test_planted_identity_block_is_chosen_by_every_metric(tokenizer):
     model = planted(tokenizer, identity=[3, 4])
     seqs, positions = encode(tokenizer)
     table, states, batches = one_pass(model, seqs, positions, batch_size=2, max_n=3)
-    for name in ls.PROXIES:
+    for name in PROXIES:
         assert ls.best_starts(table[name])[2] == 3, name
         assert float(table[name][1, 3]) == pytest.approx(0.0, abs=1e-3)
     fidelity = ls.kl_to_base(model, states, batches, n=2, starts=list(range(7)))
@@ -209,9 +211,9 @@ def test_stage_writes_scores_table_and_candidates(tmp_path, monkeypatch):
     assert scores["best_start"]["2"] == 5
     fid = scores["kl_to_base"]["2"]
     assert {c["start"] for c in fid["candidates"]} >= set(fid["shortlist"]) | {5}
-    assert set(fid["rank_correlation"]) == set(ls.PROXIES)
+    assert set(fid["rank_correlation"]) == set(PROXIES)
     table = pd.read_csv("metrics/layer_scores/table.csv")
-    assert list(table.columns) == ["start", "n", *ls.PROXIES]
+    assert list(table.columns) == ["start", "n", *PROXIES]
     assert len(table) == sum(8 + 1 - n for n in range(1, 5))
     measured = pd.read_csv("metrics/layer_scores/candidates.csv")
     assert list(measured["start"]) == [c["start"] for c in fid["candidates"]] and set(measured["n"]) == {2}
@@ -236,7 +238,7 @@ def test_shortlist_of_every_candidate_equals_no_shortlist(tmp_path, monkeypatch)
 def test_last_token_rule_reads_the_chat_template_newline(tmp_path, monkeypatch):
     tok = build_tokenizer()
     row = {"instruction": "Write a short poem", "context": "", "response": "The sea."}
-    ids, content_end = stage.render(tok, row)
+    ids, content_end = layer_selection.render(tok, row)
     assert tok.decode(ids[content_end + 1 :]) == "<|im_end|>\n"
     assert tok.decode(ids[: content_end + 1]).endswith("The sea.")
 
@@ -249,7 +251,10 @@ def test_too_few_usable_rows_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_unknown_metric_and_missing_kl_size_fail_at_params(tmp_path, monkeypatch):
     make_project(tmp_path, monkeypatch, layer_scores__metric="angular_last_tokn")
-    with pytest.raises(ValueError, match=r"unknown metric 'angular_last_tokn' \(did you mean 'angular_last_token'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer_scores.metric: Input should be .*'angular_last_tokn'\) \(did you mean 'angular_last_token'\?\)",
+    ):
         load_params()
     make_project(tmp_path, monkeypatch, prune__n_layers=3)
     with pytest.raises(ValueError, match=r"add 3 to layer_scores.kl_n_layers"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pydantic import TypeAdapter
 from safetensors.torch import load_file
 
 from sdd.config.merge import MergeRecipe
@@ -26,10 +27,16 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
+RECIPE = TypeAdapter(MergeRecipe)
+
+
 def run_merge(tmp: Path, method: str, models: list[Path], base: Path | None = None, **params) -> Path:
-    resolved = merging.check_recipe(method, [str(m) for m in models], str(base) if base else None, params)
+    names = [f"finetuned/{m.name}" for m in models]
+    recipe = RECIPE.validate_python(
+        {"method": method, "models": names, **({"base": "pruned"} if base else {}), **params}
+    )
     out = tmp / f"merged-{method}-{len(list(tmp.iterdir()))}"
-    merging.merge(merging.mergekit_config(method, resolved, models, base, "float32"), out)
+    merging.merge(merging.mergekit_config(recipe, models, base, "float32"), out)
     return out
 
 
@@ -130,23 +137,22 @@ def test_mismatched_shapes_fail_naming_the_key(tmp_path, pair):
 @pytest.mark.parametrize(
     "recipe, message",
     [
-        ({"models": ["finetuned/a"]}, "at least 2 items"),
+        ({"method": "slerp", "models": ["finetuned/a"]}, "at least 2 items"),
         ({"models": ["finetuned/a", "finetuned/b"], "method": "slurp"}, "did you mean 'slerp'"),
-        ({"models": ["finetuned/a", "finetuned/b"], "params": {"t": 1.5}}, r"t=1.5 is outside \[0, 1\]"),
-        ({"models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "slerp merges exactly 2 models"),
-        ({"models": ["finetuned/a", "finetuned/b"], "method": "ties"}, "ties needs `base`"),
-        (
-            {"models": ["finetuned/a", "finetuned/b"], "method": "linear", "params": {"weight": [1.0]}},
-            "1 values for 2 models",
-        ),
-        ({"models": ["finetuned/a", "finetuned/b"], "params": {"density": 0.5}}, "slerp has no param 'density'"),
-        ({"models": ["finetuned/a", "merged/x"]}, r"\['merged/x'\] are not under"),
-        ({"models": ["finetuned/a", "finetuned/a"]}, "lists 'finetuned/a' twice"),
+        ({"models": ["finetuned/a", "finetuned/b"]}, "a recipe needs `method`"),
+        ({"method": "slerp", "models": ["finetuned/a", "finetuned/b"], "t": 1.5}, r"t=1.5 is outside \[0, 1\]"),
+        ({"method": "slerp", "models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "slerp merges exactly 2 models"),
+        ({"method": "ties", "models": ["finetuned/a", "finetuned/b"]}, r"ties\.base\n  Field required"),
+        ({"method": "linear", "models": ["finetuned/a", "finetuned/b"], "weight": [1.0]}, "1 values for 2 models"),
+        ({"method": "slerp", "models": ["finetuned/a", "finetuned/b"], "density": 0.5}, "Extra inputs"),
+        ({"method": "slerp", "models": ["finetuned/a", "merged/x"]}, r"\['merged/x'\] are not under"),
+        ({"method": "ties", "models": ["finetuned/a", "finetuned/b"], "base": "base"}, r"\['base'\] are not under"),
+        ({"method": "slerp", "models": ["finetuned/a", "finetuned/a"]}, "lists 'finetuned/a' twice"),
     ],
 )
 def test_bad_recipes_fail_at_params_time(recipe, message):
     with pytest.raises(ValueError, match=message):
-        MergeRecipe(**recipe)
+        RECIPE.validate_python(recipe)
 
 
 @pytest.mark.slow
@@ -160,7 +166,7 @@ def test_stage_writes_merged_model_and_metrics(tmp_path, pair):
     params["paths"] = {"models": "data/models", "metrics": "metrics"}
     params["merge"] = {
         "dtype": "bfloat16",
-        "recipes": {"mix": {"models": [f"finetuned/{a}" for a in arms], "params": {"t": 0.5}}},
+        "recipes": {"mix": {"models": [f"finetuned/{a}" for a in arms], "method": "slerp", "t": 0.5}},
     }
     params["speculate"]["drafts"] = {}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -175,7 +181,7 @@ def test_stage_writes_merged_model_and_metrics(tmp_path, pair):
     }
     assert weights(out)["model.embed_tokens.weight"].dtype == torch.bfloat16
     metrics = json.loads((tmp_path / "metrics" / "merge" / "mix.json").read_text())
-    assert metrics["method"] == "slerp" and metrics["params"] == {"t": 0.5} and metrics["num_hidden_layers"] == 4
+    assert metrics["method"] == "slerp" and metrics["t"] == 0.5 and metrics["num_hidden_layers"] == 4
 
     bad = subprocess.run(
         [sys.executable, "-m", "stages.merge", "mixx"], cwd=tmp_path, env=env, capture_output=True, text=True

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
 from sdd.config import Params, load_params
+
+from conftest import REPO
 
 PACKAGES = ("sdd", "stages")
 
@@ -62,8 +63,11 @@ def all_modules() -> list[str]:
 
 
 def test_core_never_imports_stages():
-    offenders = {m: sorted(i for i in imports_of(module_file(m)) if i.startswith("stages"))
-                 for m in all_modules() if m.startswith("sdd")}
+    offenders = {
+        m: sorted(i for i in imports_of(module_file(m)) if i.startswith("stages"))
+        for m in all_modules()
+        if m.startswith("sdd")
+    }
     assert not {m: i for m, i in offenders.items() if i}
 
 
@@ -105,10 +109,22 @@ def test_stage_deps_cover_the_code_it_runs(stage):
     assert not uncovered, f"dvc.yaml stage {stage!r} runs {uncovered} but does not list it (or its folder) in deps"
 
 
-
-
-@pytest.mark.parametrize("section", ["paths", "base_model", "prepare", "layer_scores", "prune", "distill",
-                                     "merge", "speculate", "finetune", "evaluate", "report"])
+@pytest.mark.parametrize(
+    "section",
+    [
+        "paths",
+        "base_model",
+        "prepare",
+        "layer_scores",
+        "prune",
+        "distill",
+        "merge",
+        "speculate",
+        "finetune",
+        "evaluate",
+        "report",
+    ],
+)
 def test_section_defaults_equal_params_yaml(section):
     """params.yaml is the documentation and the defaults of the models are the same values: one source."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -121,3 +137,16 @@ def test_section_defaults_equal_params_yaml(section):
 def test_stages_are_thin():
     long = {p.name: n for p in (REPO / "stages").glob("*.py") if (n := len(p.read_text().splitlines())) > 90}
     assert not long, f"stage modules over 90 lines (move logic into sdd/): {long}"
+
+
+def test_each_name_list_has_one_source():
+    """Params choices (pydantic Literals) and the registries that implement them name the same things."""
+    from sdd.config.datasets import FORMATS
+    from sdd.config.evaluate import EVAL_TASKS
+    from sdd.config.layer_scores import METRICS, PROXIES
+    from sdd.data.adapters import ADAPTERS
+    from sdd.eval.tasks import TASKS
+
+    assert set(ADAPTERS) == set(FORMATS)
+    assert set(TASKS) == set(EVAL_TASKS)
+    assert METRICS == (*PROXIES, "kl_to_base")

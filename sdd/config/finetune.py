@@ -6,7 +6,6 @@ response); every training setting is shared by all arms, so the arms differ in t
 
 from __future__ import annotations
 
-import typing
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -15,12 +14,11 @@ from sdd.config.base import Dtype, Section
 from sdd.errors import check_names
 
 ArmKind = Literal["original", "distilled"]
-ARM_KINDS: tuple[str, ...] = typing.get_args(ArmKind)
 
 
 class LoraParams(Section):
     rank: int = Field(default=16, gt=0)
-    alpha: float = Field(default=32.0, gt=0)
+    alpha: int = Field(default=32, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1

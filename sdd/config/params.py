@@ -24,6 +24,7 @@ from sdd.config.merge import MergeParams
 from sdd.config.paths import Paths
 from sdd.config.report import ReportParams
 from sdd.config.speculate import SpeculateParams
+from sdd.config.trace import traced
 from sdd.errors import InputError, MissingInput, check_names, did_you_mean, format_validation_errors
 
 MIRROR_ENV = "SDD_DATA_MIRROR"
@@ -177,6 +178,6 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise InputError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return traced(Params.model_validate(raw))
     except ValidationError as err:
         raise InputError(format_validation_errors(path, err, Params)) from None

@@ -7,13 +7,14 @@ rejected rows with reasons, and counts. Nothing is dropped without a reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+from sdd.cache import fingerprint
 
 GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
 GSM8K_CALC = re.compile(r"<<[^<>]*>>")
@@ -125,8 +126,7 @@ ADAPTERS = {"alpaca": alpaca, "dolly": dolly, "dolly_hhrlhf": dolly_hhrlhf, "gsm
 
 def row_id(raw: dict) -> str:
     """Stable id: the first 16 hex digits of sha256 over the row's canonical JSON."""
-    blob = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return fingerprint(raw)
 
 
 @dataclass

@@ -118,11 +118,8 @@ class Choice:
     candidate: int | None  # index of the kept candidate, None when the original is kept
 
 
-REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
-
-
 def judge(candidate, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> str:
-    """Why a single rewrite is rejected, or "accepted" (see REASONS).
+    """Why a single rewrite is rejected, or "accepted" (one of sdd.data.schemas.REASONS).
 
     `candidate` has `text` and `finish_reason` ("stop", or "length" when max_tokens cut it off),
     e.g. a `sdd.generation.Generation`. `min_chars` rejects rewrites that drop the reasoning

@@ -13,10 +13,9 @@ Bump VERSION with every change of wording so old outputs are recognisably differ
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
+from sdd.cache import fingerprint as cache_fingerprint
 from sdd.errors import InputError
 
 VERSION = 1
@@ -105,5 +104,4 @@ def render(tokenizer, messages: list[dict]) -> str:
 
 def fingerprint(template: Template) -> str:
     """Hash of the template's version and full text (part of the generation cache key)."""
-    blob = json.dumps({"version": VERSION, **asdict(template)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_fingerprint({"version": VERSION, **asdict(template)})

@@ -37,7 +37,7 @@ REJECTED = pa.DataFrameSchema(
 )
 
 SELECTED = ("distilled", "original")
-# sdd.answers.REASONS; kept literal here so the contract does not import the selection code.
+# Why each distilled row kept its response (sdd/data/answers.py `judge` returns one of these).
 REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
 FINISH_REASONS = ("stop", "length", "not_generated")
 

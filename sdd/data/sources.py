@@ -7,11 +7,11 @@ machines run unchanged. Without one, the hub is used at the pinned revision.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
+from sdd.cache import file_digest
 from sdd.config.datasets import DatasetParams
 from sdd.data.adapters import RawRow
 from sdd.errors import InputError, MissingInput
@@ -40,20 +40,12 @@ def resolve(ds: DatasetParams, mirror: Path | None) -> Path | None:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(ds: DatasetParams, mirror: Path | None) -> dict:
     """What identifies the source's content: the file's sha256, or the hub commit it resolves to."""
     path = resolve(ds, mirror)
     if path is not None:
         # No path: the same bytes found at another location (a moved mirror) are the same source.
-        return {"kind": "file", "name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        return {"kind": "file", "name": path.name, "bytes": path.stat().st_size, "sha256": file_digest([path])}
     from huggingface_hub import HfApi  # hub access only when no mirror/local file is used
 
     info = HfApi().dataset_info(ds.source, revision=ds.revision)

@@ -18,14 +18,17 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from sdd.cache import PieceStore, fingerprint
-from sdd.config.evaluate import EvaluateParams
+from sdd.config.evaluate import EvalTaskParams, EvaluateParams
+from sdd.config.evaluate import Task as TaskName
 from sdd.errors import InputError
 from sdd.eval import tasks as specs
 from sdd.generate.engines import shutdown_vllm
@@ -47,6 +50,16 @@ class Task:
     indices: dict  # lm-eval task name -> document indices
 
 
+@dataclass
+class TaskRun:
+    """What `run_tasks` returns: the EVAL_SAMPLES rows, lm-eval's own aggregates per task, and the
+    tasks read back from checkpoints instead of evaluated."""
+
+    rows: list[dict]
+    lm_eval: dict[str, dict]
+    reused: list[str]
+
+
 def lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
 
@@ -59,7 +72,7 @@ def _task_manager():
     return TaskManager()
 
 
-def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
+def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | None) -> list[Task]:
     """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
     manager = _task_manager()
     out = []
@@ -92,7 +105,7 @@ def build_tasks(task_params: dict, mirror: Path | None) -> list[Task]:
     return out
 
 
-def lm_eval_model(model_dir: Path, cfg, device: str, model=None, tokenizer=None):
+def lm_eval_model(model_dir: Path, cfg: EvaluateParams, device: str, model: Any = None, tokenizer: Any = None) -> Any:
     """The lm-eval model every task runs on: `hf` wraps the already loaded model, `vllm` starts
     one engine on the directory (once, not once per task)."""
     if cfg.backend == "hf":
@@ -135,7 +148,7 @@ def _import_vllm_backend() -> None:
         md.version = real
 
 
-def run_lm_eval(lm, tasks: list[Task], cfg) -> dict:
+def run_lm_eval(lm: Any, tasks: list[Task], cfg: EvaluateParams) -> dict:
     """One `simple_evaluate` call over the subtasks of `tasks`, with the documents they chose."""
     from lm_eval import simple_evaluate
 
@@ -169,13 +182,19 @@ def task_identity(task: Task) -> dict:
     }
 
 
-def run_tasks(make_lm, tasks: list[Task], cfg, model_name: str, checkpoint_dir: Path, context: dict) -> dict:
+def run_tasks(
+    make_lm: Callable[[], Any],
+    tasks: list[Task],
+    cfg: EvaluateParams,
+    model_name: str,
+    checkpoint_dir: Path,
+    context: dict,
+) -> TaskRun:
     """Evaluate task by task, saving each finished task to `checkpoint_dir/<key of context>/`; a
     task already saved there for the same documents is read back instead. `context` holds what
     every task depends on (model digest, backend, dtype, batch size, chat template, seed, lm-eval
     version, data source). `make_lm()` builds the lm-eval model, called only when a task needs it
-    (a fully checkpointed run starts no engine). Returns {"rows": EVAL_SAMPLES rows, "lm_eval":
-    task -> lm-eval's own aggregates, "reused": tasks read back}."""
+    (a fully checkpointed run starts no engine)."""
     store = PieceStore(checkpoint_dir, fingerprint(context))
     rows, scores, reused, lm = [], {}, [], None
     try:
@@ -206,7 +225,7 @@ def run_tasks(make_lm, tasks: list[Task], cfg, model_name: str, checkpoint_dir: 
     finally:
         if lm is not None:
             shutdown_vllm(getattr(lm, "model", None))  # lm-eval's VLLM keeps the `LLM` there; a no-op for HF
-    return {"rows": rows, "lm_eval": scores, "reused": reused}
+    return TaskRun(rows, scores, reused)
 
 
 def _prediction(sample: dict, output_type: str) -> str:

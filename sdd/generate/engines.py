@@ -14,11 +14,13 @@ which passes its speculative config through `extra`. Shut every engine down when
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sdd.config.engine import EngineParams, SamplingParams
 from sdd.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class Generation:
     generated_tokens: int
 
 
-def build_vllm(model_dir: str | Path, engine, **extra):
+def build_vllm(model_dir: str | Path, engine: EngineParams, **extra: Any) -> Any:
     """A vLLM `LLM` for a local model directory, configured by an `EngineParams` section.
 
     `extra` goes to `LLM(...)` unchanged (e.g. `speculative_config=...`). Remote code never runs
@@ -40,7 +42,7 @@ def build_vllm(model_dir: str | Path, engine, **extra):
     """
     from vllm import LLM
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         model=str(model_dir),
         tokenizer=str(model_dir),
         dtype=engine.dtype,
@@ -66,7 +68,7 @@ def shutdown_vllm(llm) -> None:
 
 
 @contextmanager
-def vllm_engine(model_dir: str | Path, engine, **extra):
+def vllm_engine(model_dir: str | Path, engine: EngineParams, **extra: Any) -> Iterator[Any]:
     """`build_vllm` as a context: the engine is shut down when the block exits."""
     llm = build_vllm(model_dir, engine, **extra)
     try:
@@ -75,7 +77,7 @@ def vllm_engine(model_dir: str | Path, engine, **extra):
         shutdown_vllm(llm)
 
 
-def vllm_sampling(sampling, seed: int | None = None):
+def vllm_sampling(sampling: SamplingParams, seed: int | None = None) -> Any:
     """vLLM `SamplingParams` from a params `SamplingParams` section (and a per-request seed)."""
     from vllm import SamplingParams
 

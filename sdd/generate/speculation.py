@@ -109,6 +109,16 @@ def prompts_fingerprint(prompt_ids: list[list[int]], settings: dict) -> str:
     return fingerprint({"prompts": prompt_ids, **settings})
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One timed generation: tokens, seconds, tokens/s and the spec-decode counters it moved."""
+
+    generated_tokens: int
+    seconds: float
+    tokens_per_s: float
+    counters: SpecCounters
+
+
 def prompt_ids(tokenizer: Any, rows: list[dict]) -> list[list[int]]:
     """Chat-rendered token ids of the prompts (the user turn, ready for the reply)."""
     return [
@@ -117,7 +127,7 @@ def prompt_ids(tokenizer: Any, rows: list[dict]) -> list[list[int]]:
     ]
 
 
-def measure(llm: Any, prompts: list[list[int]], max_tokens: int, temperature: float, seed: int) -> dict:
+def measure(llm: Any, prompts: list[list[int]], max_tokens: int, temperature: float, seed: int) -> Measurement:
     """Generate once to warm up, then time one batched generation; return tokens, seconds, counters."""
     from vllm import SamplingParams
 
@@ -131,12 +141,7 @@ def measure(llm: Any, prompts: list[list[int]], max_tokens: int, temperature: fl
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
     seconds = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    return {
-        "generated_tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "counters": spec_counters(llm.get_metrics()) - before,
-    }
+    return Measurement(tokens, seconds, tokens / seconds, spec_counters(llm.get_metrics()) - before)
 
 
 def workload(cfg: SpeculateParams, rows: list[dict], prompts: list[list[int]]) -> dict:
@@ -157,16 +162,16 @@ def workload(cfg: SpeculateParams, rows: list[dict], prompts: list[list[int]]) -
     }
 
 
-def draft_result(common: dict, run: dict, k: int, draft: str, baseline: dict) -> dict:
+def draft_result(common: dict, run: Measurement, k: int, draft: str, baseline: dict) -> dict:
     """One draft's measurement: acceptance from vLLM's counters, tokens/s and the speed-up."""
     return {
         **common,
-        **acceptance(run["counters"], k),
+        **acceptance(run.counters, k),
         "k": k,
         "draft": draft,
-        "generated_tokens": run["generated_tokens"],
-        "seconds": run["seconds"],
-        "tokens_per_s_spec": run["tokens_per_s"],
+        "generated_tokens": run.generated_tokens,
+        "seconds": run.seconds,
+        "tokens_per_s_spec": run.tokens_per_s,
         "tokens_per_s_base": baseline["tokens_per_s"],
-        "speedup": run["tokens_per_s"] / baseline["tokens_per_s"],
+        "speedup": run.tokens_per_s / baseline["tokens_per_s"],
     }

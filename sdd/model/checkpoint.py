@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
+from sdd.config.base import DTYPES as config_dtypes
 from sdd.errors import InputError, MissingInput
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in config_dtypes}
 
 
 @dataclass(frozen=True)

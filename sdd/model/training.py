@@ -15,10 +15,12 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from sdd.config.finetune import FinetuneParams
 from sdd.data.chat import conversation_text, prompt_text
 from sdd.errors import InputError
 
@@ -105,7 +107,7 @@ def use_bf16(precision: str, device: str) -> bool:
     return precision == "bf16"
 
 
-def training_arguments(cfg, output_dir: str, device: str, world_size: int = 1):
+def training_arguments(cfg: FinetuneParams, output_dir: str, device: str, world_size: int = 1):
     """The transformers TrainingArguments for a `finetune` section; arms share every value but output_dir."""
     from transformers import TrainingArguments
 
@@ -139,7 +141,7 @@ def training_arguments(cfg, output_dir: str, device: str, world_size: int = 1):
     )
 
 
-def apply_method(model, cfg):
+def apply_method(model: Any, cfg: FinetuneParams) -> Any:
     """LoRA (peft) on the configured modules, or the whole model trainable for `full`."""
     if cfg.method == "full":
         model.requires_grad_(True)
