@@ -106,3 +106,17 @@ def keyed_dir(run_dir: str | os.PathLike, key: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key)
     return run_dir
+
+
+def tree_manifest(directory: str | os.PathLike, previous: list[dict] | None = None) -> list[dict]:
+    """Every file of a directory with its size, mtime and sha256, sorted by relative path. A file
+    whose path, size and mtime match an entry of `previous` keeps that entry's sha256 unread (as DVC
+    does), so re-fingerprinting an unchanged multi-GB model folder costs only a `stat` per file."""
+    directory = Path(directory)
+    known = {(e["path"], e["bytes"], e["mtime_ns"]): e["sha256"] for e in previous or []}
+    out = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel, stat = path.relative_to(directory).as_posix(), path.stat()
+        sha = known.get((rel, stat.st_size, stat.st_mtime_ns)) or file_digest([path])
+        out.append({"path": rel, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha})
+    return out

@@ -87,3 +87,12 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             return None
         model = annotation
     return model
+
+
+def require(name: str, choices: Iterable[str], where: str) -> str:
+    """`name` if it is one of `choices` (the keys of params section `where`), else an InputError
+    with the closest match and every choice."""
+    known = sorted(choices)
+    if name not in known:
+        raise InputError(f"{name!r} is not in {where}{did_you_mean(name, known)}; {where} has {known}")
+    return name

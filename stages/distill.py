@@ -21,7 +21,7 @@ from sdd.config import load_params
 from sdd.data.answers import apply_selection
 from sdd.data.prompts import build_messages, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
-from sdd.errors import InputError, did_you_mean
+from sdd.errors import require
 from sdd.generate.distill import generate_rewrites, run_key, summarize
 from sdd.model.checkpoint import check_model_dir
 from sdd.runtime import log_params, run_stage, stage_args, timed
@@ -33,11 +33,7 @@ def main(argv: list[str]) -> None:
     name = stage_args(argv, __doc__, "dataset", "a dataset of distill.datasets").dataset
     params = load_params()
     cfg, paths = params.distill, params.paths
-    if name not in cfg.datasets:
-        raise InputError(
-            f"dataset {name!r} is not in distill.datasets {cfg.datasets}{did_you_mean(name, cfg.datasets)}; "
-            f"add it there (params.yaml)"
-        )
+    require(name, cfg.datasets, "distill.datasets")
     template = template_for(params.dataset(name).format)
     log_params(f"distill@{name}", cfg)
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdd.artifacts import to_frame, write_json, write_parquet
+from sdd.artifacts import read_json, to_frame, write_json, write_parquet
 from sdd.cache import tree_digest
 from sdd.config import load_params
 from sdd.data.schemas import EVAL_SAMPLES
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
         metrics = {
             "model": name,
             "model_dir": str(model_dir),
+            "config": read_json(model_dir / "config.json"),  # the report sizes each model from its own config
             "average": stats.average(scores),
             "tasks": {
                 t.name: {**vars(scores[t.name]), **harness.task_settings(t), "lm_eval": done.lm_eval[t.name]}

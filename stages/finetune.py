@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sdd.cache import file_digest, fingerprint, keyed_dir
 from sdd.config import load_params
-from sdd.errors import InputError, did_you_mean
+from sdd.errors import require
 from sdd.model.checkpoint import check_model_dir
 from sdd.model.trainer import LAUNCHED, arm_inputs, launch, read_arm, train
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
@@ -28,8 +28,7 @@ def main(argv: list[str]) -> None:
     arm = stage_args(argv, __doc__, "arm", "a key of finetune.arms in params.yaml").arm
     params = load_params()
     cfg, paths = params.finetune, params.paths
-    if arm not in cfg.arms:
-        raise InputError(f"unknown arm {arm!r}{did_you_mean(arm, cfg.arms)}; finetune.arms has {sorted(cfg.arms)}")
+    require(arm, cfg.arms, "finetune.arms")
     data, dev = cfg.arms[arm], device()
     model_dir, run_dir = paths.model_dir("pruned"), Path(paths.scratch) / "finetune" / arm
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sdd.artifacts import atomic_path, write_json
 from sdd.config import load_params
-from sdd.errors import InputError, did_you_mean
+from sdd.errors import require
 from sdd.model import checkpoint, merging
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -21,10 +21,7 @@ def main(argv: list[str]) -> None:
     name = stage_args(argv, __doc__, "recipe", "a key of merge.recipes in params.yaml").recipe
     params = load_params()
     recipes = params.merge.recipes
-    if name not in recipes:
-        raise InputError(
-            f"unknown merge recipe {name!r}{did_you_mean(name, recipes)}; merge.recipes has {sorted(recipes)}"
-        )
+    require(name, recipes, "merge.recipes")
     recipe = recipes[name]
     log_params(f"merge@{name}", {"dtype": params.merge.dtype, **recipe.model_dump()})
     with timed(f"merge@{name}") as summary:

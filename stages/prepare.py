@@ -4,11 +4,14 @@
 
 Writes `<paths.prepared>/<ds>.parquet` (pandera-checked), `<ds>.rejected.parquet` (every row
 that failed, with its reason) `<paths.metrics>/prepare/<ds>.json` (counts) and `<ds>.headline.json` (rows, rejected).
+When more than `prepare.max_rejected_fraction` of the rows fail, it writes none of them (the last
+good outputs stay) and leaves this run's rejected rows in `<paths.scratch>/prepare/<ds>.rejected.parquet`.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sdd.artifacts import to_frame, write_json, write_parquet
 from sdd.config import load_params
@@ -27,20 +30,19 @@ def main(argv: list[str]) -> None:
     ds, cfg, paths = params.dataset(name), params.prepare, params.paths
     log_params(f"prepare@{name}", {"dataset": ds.model_dump(), "prepare": cfg.model_dump()})
     with timed(f"prepare@{name}") as summary:
-        raw = sources.read_rows(ds, params.mirror())
+        raw = sources.read_rows(ds, params.mirror(), Path.cwd())
         if not raw:
             raise InputError(
                 f"dataset {name!r} ({ds.source}) has no rows; point `datasets.{name}.source` at a non-empty file"
             )
         adapted = adapt_rows(raw, name, ds.format, cfg.max_chars)
-        write_parquet(to_frame(adapted.rejected, REJECTED), paths.rejected_file(name), REJECTED)
         fraction = len(adapted.rejected) / len(raw)
-        if fraction > cfg.max_rejected_fraction:
-            reasons = adapted.counts()["rejected_by_reason"]
+        if fraction > cfg.max_rejected_fraction:  # write nothing: the last good outputs stay
+            scratch = Path(paths.scratch) / "prepare" / f"{name}.rejected.parquet"
+            write_parquet(to_frame(adapted.rejected, REJECTED), scratch, REJECTED)
             raise InputError(
-                f"dataset {name!r}: {len(adapted.rejected)} of {len(raw)} rows rejected ({fraction:.1%} > "
-                f"prepare.max_rejected_fraction={cfg.max_rejected_fraction}); reasons {reasons}. "
-                f"See {paths.rejected_file(name)}; check `datasets.{name}.format` ({ds.format}) matches the source"
+                sources.explain_rejections(name, ds, params.mirror(), raw, adapted, cfg.max_rejected_fraction)
+                + f"\nNothing was written (the stage's outputs are as they were); this run's rejected rows: {scratch}"
             )
         if ds.limit is not None and ds.limit > len(adapted.accepted):
             log.warning(
@@ -50,7 +52,6 @@ def main(argv: list[str]) -> None:
                 len(adapted.accepted),
             )
         chosen = sample(adapted.accepted, ds.limit, ds.seed)
-        write_parquet(to_frame(chosen, PREPARED), paths.prepared_file(name), PREPARED)
         metrics = {
             "rows_read": len(raw),
             **adapted.counts(),
@@ -59,6 +60,9 @@ def main(argv: list[str]) -> None:
             "limit": ds.limit,
             "seed": ds.seed,
         }
+        # Everything is computed: write (the prepared rows first, as the ones that can fail validation).
+        write_parquet(to_frame(chosen, PREPARED), paths.prepared_file(name), PREPARED)
+        write_parquet(to_frame(adapted.rejected, REJECTED), paths.rejected_file(name), REJECTED)
         write_json(paths.metrics_file("prepare", name), metrics)
         write_json(paths.headline_file("prepare", name), {"rows": len(chosen), "rejected": len(adapted.rejected)})
         summary.update(rows=len(chosen), rejected=len(adapted.rejected))

@@ -4,8 +4,8 @@
 
 Reads `<paths.models>/base` and, with `prune.start: auto`, the best start for `prune.n_layers`
 from `<paths.metrics>/layer_scores/scores.json`; writes `<paths.models>/pruned` (safetensors,
-config, tokenizer, chat template) and `<paths.metrics>/prune/prune.json` (removed layers,
-parameters and analytic FLOPs per token before/after, reductions in percent).
+config, tokenizer, chat template) and `<paths.metrics>/prune/prune.json` (removed layers, unique
+parameters and analytic forward FLOPs per token before/after, reductions in percent).
 """
 
 from __future__ import annotations
@@ -70,19 +70,14 @@ def main(argv: list[str]) -> None:
             "flops_per_token_before": flops_before,
             "flops_per_token_after": flops_after,
             "flops_reduction_pct": pruning.reduction_pct(flops_before, flops_after),
-            "flops_formula": f"2 * (embedding + layers + final norm + LM head) + 2 * n_layer * n_ctx * d_attn, "
-            f"n_ctx = prune.flops_context = {cfg.flops_context} (Kaplan et al. 2020)",
+            "flops_context": cfg.flops_context,
+            "flops_formula": "forward: 2 * (decoder-layer matmul weights + LM head, once even if tied) + 2 * n_layer "
+            "* n_ctx * d_attn, n_ctx = flops_context; the embedding is a lookup (Kaplan et al. 2020, Table 1)",
         }
         write_json(paths.metrics_file("prune"), metrics)
-        write_json(
-            paths.headline_file("prune"),
-            {k: metrics[k] for k in ("start", "n_layers", "params_reduction_pct", "flops_reduction_pct")},
-        )
-        summary.update(
-            removed=f"{removed[0]}-{removed[-1]}",
-            params_reduction_pct=metrics["params_reduction_pct"],
-            flops_reduction_pct=metrics["flops_reduction_pct"],
-        )
+        headline = {k: metrics[k] for k in ("start", "n_layers", "params_reduction_pct", "flops_reduction_pct")}
+        write_json(paths.headline_file("prune"), headline)
+        summary.update(removed=f"{removed[0]}-{removed[-1]}", **headline)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
     python -m stages.report        (dvc.yaml: report)
 
-Reads `<paths.metrics>/evaluate/<model>.json` and `<paths.eval>/<model>.parquet` for every model
-in evaluate.models, `<paths.metrics>/prune/prune.json` (parameters, FLOPs) and, where they exist,
-`<paths.metrics>/speculate/<draft>.json`, and `<paths.metrics>/layer_scores/scores.json` (which
-block each metric picks). Writes `<paths.reports>/recovery.md`,
-`<paths.metrics>/report/report.json` (details), `report.headline.json` (`dvc metrics show`) and the `dvc plots` data
+Reads, for every model in evaluate.models, `<paths.metrics>/evaluate/<model>.json` (scores, and
+the model's config: its own parameters and FLOPs) and `<paths.eval>/<model>.parquet`; then
+`<paths.metrics>/prune/prune.json` (reductions, flops_context) and, where they exist,
+`<paths.metrics>/speculate/<draft>.json` and `<paths.metrics>/layer_scores/scores.json` (which
+block each metric picks). Writes `<paths.reports>/recovery.md`, `<paths.metrics>/report/report.json`
+(details), `report.headline.json` (`dvc metrics show`) and the `dvc plots` data
 `<paths.reports>/plots/{recovery,tasks,sweep}.csv` (sweep: one row per model at this run's cut
 depth, drawn across experiments by dvc.yaml's top-level `plots`).
 """
@@ -43,10 +44,11 @@ def main(argv: list[str]) -> None:
             name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
             for name in params.evaluate.models
         }
+        configs = {name: ev["config"] for name, ev in evals.items() if "config" in ev}  # evaluate@ records them
         prune_file = paths.metrics_file("prune")
         prune = read_json(prune_file) if prune_file.is_file() else None
         if prune is None:
-            log.warning("%s not found: the table has no parameter/FLOPs columns", prune_file)
+            log.warning("%s not found: no pruning line, FLOPs with n_ctx = 0", prune_file)
         speculate_dir = Path(paths.metrics) / "speculate"
         speculate = {
             f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json")) if not f.name.endswith(".headline.json")
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> None:
             prune=prune,
             speculate=speculate,
             layer_scores=layer_scores,
+            configs=configs,
         )
         text = markdown(result)
         with atomic_path(paths.report_file("recovery.md")) as tmp:

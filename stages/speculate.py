@@ -19,9 +19,8 @@ import argparse
 from sdd.artifacts import read_json, read_parquet, write_json
 from sdd.config import load_params
 from sdd.data.schemas import PREPARED
-from sdd.errors import InputError, did_you_mean
+from sdd.errors import InputError, require
 from sdd.generate import speculation
-from sdd.model.training import split_by_id
 from sdd.runtime import log_params, run_stage, timed
 
 
@@ -33,11 +32,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     params = load_params()
     cfg, paths = params.speculate, params.paths
-    if args.draft and args.draft not in cfg.drafts:
-        raise InputError(
-            f"unknown draft {args.draft!r}{did_you_mean(args.draft, cfg.drafts)}; "
-            f"speculate.drafts has {sorted(cfg.drafts)}"
-        )
+    if args.draft:
+        require(args.draft, cfg.drafts, "speculate.drafts")
     stage = f"speculate@{args.draft}" if args.draft else "speculate_base"
     unused = {"drafts", "num_speculative_tokens"} if args.baseline else {"drafts"}  # log what this stage reads
     log_params(stage, {**cfg.model_dump(exclude=unused), **({"draft": cfg.drafts[args.draft]} if args.draft else {})})
@@ -49,40 +45,40 @@ def main(argv: list[str]) -> None:
 
     target = paths.model_dir(cfg.target)
     checkpoint.check_model_dir(target)
-    rows = []
-    for ds in cfg.prompts.datasets:  # rows finetune's validation split held out: never trained on
-        df = read_parquet(paths.prepared_file(ds), PREPARED, producer=f"prepare@{ds}")
-        held = split_by_id(df["id"].tolist(), params.finetune.val_fraction, params.finetune.seed)
-        ordered = [i for i in df["id"] if i in held]
-        rows += speculation.held_out_prompts(df.to_dict("records"), ordered, cfg.prompts.per_dataset, ds)
+    ft = params.finetune  # the prompts are rows its validation split held out
+    read = lambda ds: read_parquet(paths.prepared_file(ds), PREPARED, producer=f"prepare@{ds}")  # noqa: E731
+    rows = [
+        r
+        for ds in cfg.prompts.datasets
+        for r in speculation.held_out_rows(read(ds), ds, cfg.prompts.per_dataset, ft.val_fraction, ft.seed)
+    ]
     prompts = speculation.prompt_ids(AutoTokenizer.from_pretrained(target), rows)
     common = speculation.workload(cfg, rows, prompts)
     with timed(stage) as summary:
-        if args.baseline:
-            with vllm_engine(target, cfg.engine_args, disable_log_stats=False) as llm:
-                run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
-            timing = {
-                "generated_tokens": run.generated_tokens,
-                "seconds": run.seconds,
-                "tokens_per_s": run.tokens_per_s,
+        extra: dict = {}
+        if args.draft:
+            baseline = read_json(paths.metrics_file("speculate_base"))
+            if baseline.get("workload") != common["workload"]:
+                raise InputError(
+                    f"{paths.metrics_file('speculate_base')} was measured on other prompts or settings; "
+                    f"re-run it first: dvc repro speculate_base"
+                )
+            draft = paths.model_dir(cfg.drafts[args.draft])
+            checkpoint.check_model_dir(draft)
+            extra["speculative_config"] = {
+                "method": "draft_model",
+                "model": str(draft),
+                "num_speculative_tokens": cfg.num_speculative_tokens,
             }
+        with vllm_engine(target, cfg.engine_args, disable_log_stats=False, **extra) as llm:
+            run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
+        if args.baseline:
+            timing = {k: v for k, v in vars(run).items() if k != "counters"}
             write_json(paths.metrics_file("speculate_base"), {**common, **timing})
             write_json(paths.headline_file("speculate_base"), {"tokens_per_s": round(run.tokens_per_s, 2)})
             summary.update(tokens_per_s=round(run.tokens_per_s, 1))
             return
-        baseline = read_json(paths.metrics_file("speculate_base"))
-        if baseline.get("workload") != common["workload"]:
-            raise InputError(
-                f"{paths.metrics_file('speculate_base')} was measured on other prompts or settings; "
-                f"re-run it first: dvc repro speculate_base"
-            )
-        draft = paths.model_dir(cfg.drafts[args.draft])
-        checkpoint.check_model_dir(draft)
-        k = cfg.num_speculative_tokens
-        spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": k}
-        with vllm_engine(target, cfg.engine_args, disable_log_stats=False, speculative_config=spec) as llm:
-            run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
-        result = speculation.draft_result(common, run, k, cfg.drafts[args.draft], baseline)
+        result = speculation.draft_result(common, run, cfg.num_speculative_tokens, cfg.drafts[args.draft], baseline)
         write_json(paths.metrics_file("speculate", args.draft), result)
         headline = {k: round(result[k], 4) for k in ("acceptance_rate", "mean_accepted_length", "speedup")}
         write_json(paths.headline_file("speculate", args.draft), headline)

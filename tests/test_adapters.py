@@ -1,6 +1,7 @@
 """Adapters on rows the tests write, malformed ones included: exact accepted rows and reasons."""
 
 import json
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ from sdd.data.sources import read_rows
 def rows_from_jsonl(tmp_path, lines: list[bytes]):
     path = tmp_path / "src.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    return read_rows(DatasetParams(source=str(path), format="alpaca"), None)
+    return read_rows(DatasetParams(source=str(path), format="alpaca"), None, root=tmp_path)
 
 
 def j(obj) -> bytes:
@@ -57,14 +58,20 @@ def test_alpaca_accepts_and_rejects_with_reasons(tmp_path):
         (8, "wrong type: row is list, expected a JSON object"),
         (9, "empty text: field 'output' is null"),
     ]
-    assert out.counts()["rejected_by_reason"] == {
-        "duplicate": 1,
-        "empty text": 2,
-        "invalid utf-8": 1,
-        "malformed json": 1,
-        "missing field": 1,
-        "wrong type": 2,
+    assert out.counts()["rejected_by_reason"] == {  # the whole reason, row-specific numbers as N
+        "duplicate: same instruction, context and response as row N": 1,
+        "empty text: field 'instruction' is empty": 1,
+        "empty text: field 'output' is null": 1,
+        "invalid utf-8: line N, byte N": 1,
+        "malformed json: line N: Unterminated string starting at": 1,
+        "missing field: 'output'": 1,
+        "wrong type: field 'instruction' must be text, got int": 1,
+        "wrong type: row is list, expected a JSON object": 1,
     }
+    assert out.top_reasons(2) == [
+        ("missing field: 'output'", 1, [2]),
+        ("wrong type: field 'instruction' must be text, got int", 1, [3]),
+    ]
 
 
 def test_too_long_rows_are_quarantined(tmp_path):
@@ -112,11 +119,19 @@ def test_gsm8k_answer_and_calculator_markup():
     rows = [
         RawRow(0, {"question": "Q1?", "answer": "She sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072"}),
         RawRow(1, {"question": "Q2?", "answer": "no final answer here"}),
+        RawRow(2, {"question": "Q3?", "answer": "Half #### 5 of it.\n#### -1,234.50"}),
+        RawRow(3, {"question": "Q4?", "answer": "Three of six.\n#### 3/6"}),
+        RawRow(4, {"question": "Q5?", "answer": "A fruit.\n#### banana"}),
+        RawRow(5, {"question": "Q6?", "answer": "Nothing.\n#### "}),
     ]
     out = adapt_rows(rows, "g", "gsm8k", 1000)
     assert out.accepted[0]["response"] == "She sold 48/2 = 24 clips.\n#### 1,072"
-    assert out.accepted[0]["answer"] == "1072"
-    assert out.rejected[0]["reason"] == "invalid: field 'answer' has no final answer after '####'"
+    assert [r["answer"] for r in out.accepted] == ["1072", "-1234.5", "1/2"]
+    assert [(r["row"], r["reason"]) for r in out.rejected] == [
+        (1, "invalid: field 'answer' has no final answer after '####'"),
+        (4, "invalid: field 'answer' has no number after its last '####'"),
+        (5, "invalid: field 'answer' has no number after its last '####'"),
+    ]
 
 
 @pytest.mark.parametrize("question_key", ["question", "problem"])
@@ -152,7 +167,35 @@ def test_csv_and_parquet_sources(tmp_path):
     df.to_parquet(tmp_path / "s.parquet")
     df.to_csv(tmp_path / "s.csv", index=False)
     for name in ("s.parquet", "s.csv"):
-        raw = read_rows(DatasetParams(source=str(tmp_path / name), format="alpaca"), None)
+        raw = read_rows(DatasetParams(source=str(tmp_path / name), format="alpaca"), None, root=tmp_path)
         out = adapt_rows(raw, "x", "alpaca", 1000)
         assert [r["instruction"] for r in out.accepted] == ["A?"], name
         assert len(out.rejected) == 1 and out.rejected[0]["reason"].startswith("empty text"), name
+
+
+def test_a_source_outside_the_root_needs_allow_outside(tmp_path):
+    (tmp_path / "src.jsonl").write_text(json.dumps({"instruction": "A?", "input": "", "output": "B."}) + "\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    with pytest.raises(ValueError, match=r"resolves to .*src\.jsonl, outside the project directory .*project; "):
+        read_rows(DatasetParams(source=str(tmp_path / "src.jsonl"), format="alpaca"), None, root=project)
+    allowed = DatasetParams(source=str(tmp_path / "src.jsonl"), format="alpaca", allow_outside=True)
+    assert len(read_rows(allowed, None, root=project)) == 1
+    # inside the mirror is fine too
+    assert len(read_rows(DatasetParams(source=str(tmp_path / "src.jsonl"), format="alpaca"), tmp_path, project)) == 1
+
+
+def test_text_rules():
+    from sdd.data.adapters import RawRow, check_text, visible
+
+    assert not visible("\u200b\u2060\ufeff \t\u00a0\u00ad") and visible("\u200bx")
+    check_text({"a": "tab\tnew line\ncr\r", "b": ["é", {"k": "ü"}], "n": 3})
+    for row, reason in [
+        ({"a": "x\x1b[31m"}, "field 'a' contains control character U+001B"),
+        ({"a": {"deep": ["\x7f"]}}, "field 'a' contains control character U+007F"),
+        ({"a\ud83d": "x"}, "field 'a\\ud83d' is not valid Unicode (lone surrogate U+D83D)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            check_text(row)
+    out = adapt_rows([RawRow(0, {"instruction": "\u00a0\u200b", "input": "\u2060", "output": "x"})], "a", "alpaca", 99)
+    assert out.rejected[0]["reason"] == "empty text: field 'instruction' is empty (only invisible characters)"

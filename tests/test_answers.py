@@ -3,7 +3,15 @@
 import pytest
 
 from sdd.config.distill import DEFAULT_LEAK_PHRASES
-from sdd.data.answers import answers_match, apply_selection, extract_answer, leaked_phrase, normalize_answer, select
+from sdd.data.answers import (
+    answers_match,
+    apply_selection,
+    extract_answer,
+    gsm8k_answer,
+    leaked_phrase,
+    normalize_answer,
+    select,
+)
 from sdd.generate.engines import Generation
 
 EXTRACT = [
@@ -41,12 +49,40 @@ EXTRACT = [
     ("I am not sure how to solve this.", None),
     ("", None),
     ("#### ", None),
+    # the LAST marker wins; one followed by no number (a Markdown heading) does not end the search
+    ("#### 5 is wrong, #### 6", "6"),
+    ("#### Step 1\nSo \\boxed{4}", "4"),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), EXTRACT)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("solution", "expected"),
+    [
+        ("Sum.\n#### 1,000", "1000"),
+        ("It drops.\n#### -15", "-15"),
+        ("#### 2.50", "2.5"),
+        ("#### 3/4", "3/4"),
+        ("#### -6/8", "-3/4"),
+        ("#### $1,234.00 dollars", "1234"),
+        ("Earlier #### 5.\nLater #### 7", "7"),
+        ("#### 7\nA trailing line with 99", "7"),
+        ("#### banana", None),
+        ("#### 2x+1", None),
+        ("#### 1/0", None),
+        ("#### ", None),
+        ("No marker: 42", None),
+    ],
+)
+def test_gsm8k_answer_is_the_number_after_the_last_marker(solution, expected):
+    """One rule for the gsm8k adapter and the answer check (`extract_answer` tries it first)."""
+    assert gsm8k_answer(solution) == expected
+    if expected is not None:
+        assert extract_answer(solution) == expected
 
 
 def test_table_is_large_enough():

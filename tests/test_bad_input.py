@@ -42,14 +42,31 @@ def test_empty_dataset(project):
 
 
 def test_wrong_field_names_fail_and_keep_the_quarantine(project):
-    root = project([{"question": f"Q{i}?", "answer": f"A{i} #### {i}"} for i in range(10)])
+    """A failed run writes none of the stage's outputs; its quarantine goes to the scratch folder."""
+    root = project([{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(10)])
+    prepare.main(["local"])
+    outputs = [
+        "data/prepared/local.parquet",
+        "data/prepared/local.rejected.parquet",
+        "metrics/prepare/local.json",
+        "metrics/prepare/local.headline.json",
+    ]
+    before = {name: (root / name).read_bytes() for name in outputs}
+
+    project([{"question": f"Q{i}?", "answer": f"A{i} #### {i}"} for i in range(10)])
     with pytest.raises(ValueError) as err:
         prepare.main(["local"])
     msg = str(err.value)
-    assert "10 of 10 rows rejected" in msg and "datasets.local.format" in msg and "missing field" in msg
-    rejected = pd.read_parquet(root / "data/prepared/local.rejected.parquet")
+    assert "10 of 10 rows rejected" in msg and "as format 'alpaca' (`datasets.local.format`)" in msg
+    assert "\"missing field: 'instruction'\" (10 rows; first at line 1, 2, 3)" in msg
+    assert "Likely cause: the rows have the fields of format 'gsm8k' (['answer', 'question']" in msg
+    assert msg.endswith(
+        "Nothing was written (the stage's outputs are as they were); "
+        "this run's rejected rows: .sdd-scratch/prepare/local.rejected.parquet"
+    )
+    assert {name: (root / name).read_bytes() for name in outputs} == before
+    rejected = pd.read_parquet(root / ".sdd-scratch/prepare/local.rejected.parquet")
     assert len(rejected) == 10 and set(rejected["reason"]) == {"missing field: 'instruction'"}
-    assert not (root / "data/prepared/local.parquet").exists()
 
 
 def test_limit_larger_than_the_data_uses_all_rows(project, caplog):

@@ -174,7 +174,7 @@ def test_missing_distilled_data_fails_before_training(project):
     (project / load_params().paths.distilled_file("alpaca")).unlink()
     with pytest.raises(FileNotFoundError, match=r"alpaca\.parquet not found; run `dvc repro distill@alpaca`"):
         stage.main(["sdd"])
-    with pytest.raises(ValueError, match=r"unknown arm 'sfd' \(did you mean 'sft'\?\)"):
+    with pytest.raises(ValueError, match=r"'sfd' is not in finetune.arms \(did you mean 'sft'\?\)"):
         stage.main(["sfd"])
     assert not (project / ".sdd-scratch" / "finetune" / "sdd" / "checkpoints").exists()
 

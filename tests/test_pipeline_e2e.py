@@ -1,6 +1,8 @@
 """`dvc repro` in a temporary copy of the repository: runs, caches, reruns only what changed."""
 
+import json
 import re
+import shutil
 import subprocess
 
 import pandas as pd
@@ -55,7 +57,16 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["base_model"] = {**params["base_model"], "source": str(model_dir), "dtype": "float32"}
-    params["data_mirror"] = str(mirror)
+    local_mirror = tmp_path / "mirror"  # a copy of what this run reads, so a test can change a file
+    for folder in (
+        "allenai/ai2_arc",
+        "allenai/winogrande",
+        "openai/gsm8k",
+        "tatsu-lab/alpaca",
+        "mosaicml/dolly_hhrlhf",
+    ):
+        shutil.copytree(mirror / folder, local_mirror / folder)
+    params["data_mirror"] = str(local_mirror)
     for ds in params["datasets"].values():
         ds["limit"] = 12
     params["layer_scores"].update(samples=4, max_n=2, kl_n_layers=[2], shortlist=2, dtype="float32")
@@ -109,5 +120,13 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
         assert not missing, f"{stage} reads params {missing} that dvc.yaml does not list for it"
     assert len(list(trace.glob("*.keys"))) >= len(stages) - 2  # source@* read only their dataset entry
 
+    always = {"source@gsm8k", "source@alpaca", "model_source", "eval_sources"}  # they hash their inputs
     second = run_dvc(repo, "repro", env=env)
-    assert ran(second.stdout) <= {"source@gsm8k", "source@alpaca"}, second.stdout
+    assert ran(second.stdout) <= always, second.stdout
+
+    # An evaluation file of the mirror changed in place: exactly the evaluations (and the report) rerun.
+    with next((local_mirror / "allenai/winogrande").rglob("*.jsonl")).open("a") as fh:
+        fh.write(json.dumps({"sentence": "A _ test.", "option1": "a", "option2": "b", "answer": "1"}) + "\n")
+    third = run_dvc(repo, "repro", env=env)
+    evaluations = {f"evaluate@{m}" for m in params["evaluate"]["models"]}
+    assert ran(third.stdout) - always == evaluations | {"report"}, third.stdout

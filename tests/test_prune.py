@@ -1,6 +1,7 @@
 """Pruning: the saved checkpoint computes exactly what the original computes with the block skipped,
-its config and weight names follow the cut, the FLOPs/params formula reproduces the paper's
-Llama-3.1-8B figures, impossible blocks fail clearly, and vLLM loads and runs the result."""
+its config and weight names follow the cut, the parameter count reproduces the paper's Llama-3.1-8B
+figures and the forward-FLOPs count SmolLM2's, impossible blocks fail clearly, and vLLM loads and runs
+the result."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ LLAMA_31_8B = dict(
     num_key_value_heads=8,
     head_dim=128,
     tie_word_embeddings=False,
+)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
 )
 
 
@@ -78,15 +88,42 @@ def test_per_layer_config_lists_follow_the_cut(tokenizer):
     assert model.config.layer_types == ["type0", "type3", "type4", "type5"]
 
 
-def test_formula_reproduces_the_papers_llama_31_8b_figures():
+def test_the_papers_16_3_percent_is_its_parameter_reduction():
+    # Llama-3.1-8B, untied: a layer has 218,103,808 matmul weights (q, o: 4096^2 each; k, v: 4096 x
+    # 1024 each; MLP 3 x 4096 x 14336) + 8,192 norm weights; embedding and LM head 525,336,576 each.
     before = LlamaConfig(**LLAMA_31_8B)  # config only: no weights are allocated
     after = LlamaConfig(**{**LLAMA_31_8B, "num_hidden_layers": 26})
-    assert round(pruning.parameter_count(before) / 1e9, 2) == 8.03
-    assert round(pruning.parameter_count(after) / 1e9, 2) == 6.72
-    reduction = pruning.reduction_pct(pruning.flops_per_token(before), pruning.flops_per_token(after))
-    assert round(reduction, 1) == 16.3
+    assert pruning.parameter_count(before) == 8_030_261_248 and pruning.parameter_count(after) == 6_721_589_248
+    assert pruning.reduction_pct(pruning.parameter_count(before), pruning.parameter_count(after)) == 16.3
+    # Forward FLOPs: 6 x 218,103,808 / (32 x 218,103,808 + 525,336,576) = 17.44%, not the paper's figure.
+    assert pruning.flops_per_token(before) == 2 * 7_504_658_432
+    assert pruning.reduction_pct(pruning.flops_per_token(before), pruning.flops_per_token(after)) == 17.44
     # the context term adds attention cost per layer, so cutting layers saves a larger share
-    assert pruning.reduction_pct(pruning.flops_per_token(before, 8192), pruning.flops_per_token(after, 8192)) > 16.3
+    assert pruning.reduction_pct(pruning.flops_per_token(before, 8192), pruning.flops_per_token(after, 8192)) > 17.44
+
+
+def test_forward_flops_count_the_tied_head_once_and_not_the_embedding():
+    # SmolLM2-135M, tied: a layer has 3,538,944 matmul weights (q, o: 576^2; k, v: 576 x 192; MLP
+    # 3 x 576 x 1536) + 1,152 norm weights; the shared embedding / LM head 28,311,552.
+    before = LlamaConfig(**SMOLLM2_135M)
+    after = LlamaConfig(**{**SMOLLM2_135M, "num_hidden_layers": 24})
+    assert pruning.flops_per_token(before) == 2 * (30 * 3_538_944 + 28_311_552) == 268_959_744
+    assert pruning.flops_per_token(after) == 2 * (24 * 3_538_944 + 28_311_552) == 226_492_416
+    assert pruning.reduction_pct(pruning.flops_per_token(before), pruning.flops_per_token(after)) == 15.79
+    # Unique parameters: the tied matrix once, plus the final norm; BENCHMARKS' exact count of the model.
+    assert pruning.parameter_count(before) == 134_515_008 and pruning.parameter_count(after) == 113_274_432
+    assert pruning.reduction_pct(pruning.parameter_count(before), pruning.parameter_count(after)) == 15.79
+    # Untying the head adds its matrix to the parameters but not to the FLOPs: the embedding is a lookup.
+    untied = LlamaConfig(**{**SMOLLM2_135M, "tie_word_embeddings": False})
+    assert pruning.parameter_count(untied) - pruning.parameter_count(before) == 28_311_552
+    assert pruning.flops_per_token(untied) == pruning.flops_per_token(before)
+
+
+def test_config_from_dict_uses_the_model_types_defaults():
+    raw = json.loads(LlamaConfig(**SMOLLM2_135M).to_json_string())
+    assert pruning.parameter_count(pruning.config_from_dict(raw)) == 134_515_008
+    with pytest.raises(ValueError, match="no model_type"):
+        pruning.config_from_dict({"hidden_size": 8})
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -126,7 +163,9 @@ def test_stage_prunes_the_best_block_and_reports_the_savings(tmp_path, monkeypat
     assert metrics["parameters_after"] == sum(p.numel() for p in model.parameters())
     per_layer = pruning.layer_parameters(model.config)
     assert metrics["parameters_before"] - metrics["parameters_after"] == 2 * per_layer
-    assert metrics["flops_per_token_before"] - metrics["flops_per_token_after"] == 2 * 2 * per_layer
+    matmul = pruning.layer_matmul_parameters(model.config)  # the norms are not matmuls
+    assert metrics["flops_per_token_before"] - metrics["flops_per_token_after"] == 2 * 2 * matmul
+    assert metrics["flops_context"] == 0
     for key in ("flops_reduction_pct", "params_reduction_pct"):
         assert 0 < metrics[key] < 100
 

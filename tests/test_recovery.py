@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from transformers import LlamaConfig
 
-from sdd.eval import stats
+from sdd.eval import report, stats
 
 
 def table(rows: list[tuple]) -> pd.DataFrame:
@@ -71,28 +73,144 @@ def test_paired_bootstrap_constant_difference_has_a_point_interval():
 
 
 def test_paired_bootstrap_known_interval_and_weights():
-    # Task x: a right on all 4, b right on 2 -> +0.5. Task y (2 subjects): identical -> 0.
-    # Average difference = (0.5 + 0) / 2 = 0.25. The 2.5%/97.5% quantiles of the bootstrap of
-    # mean(diff) with diff in {1,1,0,0} over 4 draws: possible means 0, .25, .5, .75, 1.
+    # Task x (5 items): a right on all, b on 2 -> diffs {0,0,1,1,1}, +0.6. Task y (2 subjects of 5
+    # items): identical -> 0. Average difference = (0.6 + 0) / 2 = 0.3. Every subtask has 5 items,
+    # so items are resampled within each; x's replicate mean is Binomial(5, 0.6) / 5: P(0) = 0.010
+    # and P(<=1) = 0.087 put the 2.5% quantile at 1/5, P(5) = 0.078 the 97.5% one at 5/5.
     a = table(
-        [("x", "x", i, 1, 0.5) for i in range(4)] + [("y", s, i, v, 0.5) for s in "pq" for i, v in enumerate([1, 0])]
+        [("x", "x", i, 1, 0.5) for i in range(5)]
+        + [("y", s, i, v, 0.5) for s in "pq" for i, v in enumerate([1, 0, 1, 0, 0])]
     )
     b = table(
-        [("x", "x", i, v, 0.5) for i, v in enumerate([1, 1, 0, 0])]
-        + [("y", s, i, v, 0.5) for s in "pq" for i, v in enumerate([1, 0])]
+        [("x", "x", i, v, 0.5) for i, v in enumerate([1, 1, 0, 0, 0])]
+        + [("y", s, i, v, 0.5) for s in "pq" for i, v in enumerate([1, 0, 1, 0, 0])]
     )
     out = stats.paired_bootstrap(a, b, iterations=4000, confidence=0.95, seed=1)
-    assert out["difference"] == pytest.approx(0.25)
-    # Half-weighted task x: the interval is [0, 0.5] (means 0 and 1 each have probability 1/16).
-    assert out["ci_low"] == pytest.approx(0.0) and out["ci_high"] == pytest.approx(0.5)
+    assert out["difference"] == pytest.approx(0.3)
+    assert out["resampled_by"] == {"x": "subtask", "y": "subtask"} and out["ci_unavailable"] is None
+    # Half-weighted task x: [0.2 / 2, 1.0 / 2].
+    assert out["ci_low"] == pytest.approx(0.1) and out["ci_high"] == pytest.approx(0.5)
     # Same seed, same answer.
     assert stats.paired_bootstrap(a, b, 4000, 0.95, 1) == out
+
+
+def test_paired_bootstrap_pools_subjects_of_two_items():
+    # MMLU-like: 6 subjects x 2 items; 3 subjects with diffs {1, 1}, 3 with {0, 0}. Within a subject
+    # both items agree, so resampling inside subjects would give the point interval [0.5, 0.5].
+    # The task's 12 items are resampled jointly instead (equal weights: the plain mean), a
+    # Binomial(12, 0.5) / 12: P(<=2) = 79/4096 = 0.019 and P(<=3) = 0.073 put the 2.5% quantile at
+    # 3/12, and by symmetry the 97.5% one at 9/12.
+    a = table([("mmlu", s, i, 1 if s in "abc" else 0, 0.25) for s in "abcdef" for i in range(2)])
+    b = table([("mmlu", s, i, 0, 0.25) for s in "abcdef" for i in range(2)])
+    out = stats.paired_bootstrap(a, b, iterations=20000, confidence=0.95, seed=0)
+    assert out["resampled_by"] == {"mmlu": "task"}
+    assert out["difference"] == pytest.approx(0.5)
+    assert out["ci_low"] == pytest.approx(0.25) and out["ci_high"] == pytest.approx(0.75)
+
+
+def test_paired_bootstrap_pooled_items_keep_their_subtask_weights():
+    # Subtask p: 1 item, diff 1; subtask q: 4 items, diff 0. Macro difference (1 + 0) / 2 = 0.5,
+    # item weights 1/2 (p) and 1/8 (q). Pooled over the 5 items, a replicate with k draws of the p
+    # item is (k/2) / (k/2 + (5 - k)/8) = 4k / (3k + 5), k ~ Binomial(5, 0.2): P(k=0) = 0.33 -> 0.0 is
+    # the 2.5% quantile; P(k<=2) = 0.942, P(k<=3) = 0.993 -> the 97.5% one is k=3: 12/14 = 6/7.
+    a = table([("t", "p", 0, 1, 0.5)] + [("t", "q", i, 0, 0.5) for i in range(4)])
+    b = table([("t", "p", 0, 0, 0.5)] + [("t", "q", i, 0, 0.5) for i in range(4)])
+    out = stats.paired_bootstrap(a, b, iterations=20000, confidence=0.95, seed=0)
+    assert out["resampled_by"] == {"t": "task"}
+    assert out["difference"] == pytest.approx(0.5)
+    assert out["ci_low"] == pytest.approx(0.0) and out["ci_high"] == pytest.approx(6 / 7)
+    # A constant difference stays a point interval however the weights are drawn.
+    a = table([("t", "p", 0, 0.75, 0.5)] + [("t", "q", i, 0.75, 0.5) for i in range(5)])
+    b = table([("t", "p", 0, 0.25, 0.5)] + [("t", "q", i, 0.25, 0.5) for i in range(5)])
+    out = stats.paired_bootstrap(a, b, iterations=500, confidence=0.95, seed=0)
+    assert out["ci_low"] == pytest.approx(0.5) and out["ci_high"] == pytest.approx(0.5)
+
+
+def test_paired_bootstrap_has_no_ci_when_a_task_has_too_few_items():
+    # GSM8k with limit 1: one item, whose difference (1 here) no resample can vary. ARC: 10 items.
+    a = table([("arc", "arc", i, 1, 0.25) for i in range(10)] + [("gsm8k", "gsm8k", 0, 1, 0.0)])
+    b = table([("arc", "arc", i, i % 2, 0.25) for i in range(10)] + [("gsm8k", "gsm8k", 0, 0, 0.0)])
+    out = stats.paired_bootstrap(a, b, iterations=500, confidence=0.95, seed=0)
+    assert out["difference"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["ci_low"] is None and out["ci_high"] is None
+    assert out["ci_unavailable"] == (
+        "too few items to resample: gsm8k (1 paired items); a task needs at least 5 (raise evaluate.tasks.<task>.limit)"
+    )
+    assert out["resampled_by"] == {"arc": "subtask", "gsm8k": None}
+
+
+def test_paired_bootstrap_counts_unpaired_items_on_both_sides():
+    # a has docs 0-6, b has docs 2-9: 5 shared, 2 only in a (0, 1), 3 only in b (7, 8, 9).
+    a = table([("t", "t", i, 1, 0.5) for i in range(7)])
+    b = table([("t", "t", i, 0, 0.5) for i in range(2, 10)])
+    out = stats.paired_bootstrap(a, b, 200, 0.9, 0)
+    assert out["paired_items"] == 5 and out["unpaired_items"] == 5
+    assert out["difference"] == pytest.approx(1.0)
 
 
 def test_paired_bootstrap_pairs_only_shared_items():
     a = table([("t", "t", i, 1, 0.5) for i in range(5)])
     b = table([("t", "t", i, 0, 0.5) for i in range(3)])
     out = stats.paired_bootstrap(a, b, 200, 0.9, 0)
-    assert out["paired_items"] == 3 and out["unpaired_items"] == 2 and out["difference"] == 1.0
+    assert out["paired_items"] == 3 and out["unpaired_items"] == 2 and out["difference"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="share no evaluated items"):
         stats.paired_bootstrap(a, table([("u", "u", 0, 1, 0.5)]), 200, 0.9, 0)
+
+
+SMOLLM2 = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
+
+
+def config_json(num_layers: int) -> dict:
+    """What save_pretrained writes to config.json for SmolLM2-135M's shape at `num_layers`."""
+    return json.loads(LlamaConfig(**{**SMOLLM2, "num_hidden_layers": num_layers}).to_json_string())
+
+
+def evaluation(model_dir: str, score: float) -> dict:
+    task = {"score": score, "stderr": 0.1, "chance": 0.25, "n": 10, "shots": 0, "limit": 10, "fewshot_split": "x"}
+    return {
+        "model_dir": model_dir,
+        "tasks": {"arc_challenge": task, "gsm8k": {**task, "chance": 0.0, "n": 1, "limit": 1}},
+        "fidelity": {"kl": 0.1, "top1_agreement": 0.9, "perplexity": 2.0},
+        "settings": {
+            "lm_eval_version": "0.4",
+            "backend": "hf",
+            "dtype": "float32",
+            "batch_size": 1,
+            "chat_template": False,
+            "seed": 0,
+        },
+    }
+
+
+def test_summary_reads_each_models_size_from_its_own_config():
+    # base: SmolLM2-135M (30 layers); pruned and sft: 24 layers; other: 26 layers, not a descendant
+    # of the pruned checkpoint. A layer holds 3,540,096 parameters (3,538,944 of them matmul weights),
+    # the tied embedding / LM head 28,311,552, the final norm 576: 30 layers = 134,515,008 parameters
+    # and 2 * (30 * 3,538,944 + 28,311,552) = 268,959,744 FLOPs per token.
+    layers = {"base": 30, "pruned": 24, "sft": 24, "other": 26}
+    evals = {name: evaluation(f"data/models/{name}", 0.5) for name in layers}
+    configs = {name: config_json(n) for name, n in layers.items()}
+    rows = [("arc_challenge", "arc_challenge", i, i % 2, 0.25) for i in range(10)] + [("gsm8k", "gsm8k", 0, 1, 0.0)]
+    samples = {name: table(rows) for name in layers}
+    prune = {"removed_layers": list(range(13, 19)), "params_reduction_pct": 15.79, "flops_reduction_pct": 15.79}
+    out = report.summarise(evals, samples, "base", [("sft", "pruned")], 200, 0.95, 0, prune=prune, configs=configs)
+    size = {n: (m["parameters"], m["flops_per_token"]) for n, m in out["models"].items()}
+    assert size == {
+        "base": (134_515_008, 268_959_744),
+        "pruned": (113_274_432, 226_492_416),
+        "sft": (113_274_432, 226_492_416),
+        "other": (134_515_008 - 4 * 3_540_096, 268_959_744 - 2 * 4 * 3_538_944),
+    }
+    text = report.markdown(out)
+    assert "| `other` |" in text and "| 120.4 | 0.241 |" in text
+    assert "CI not available (too few items to resample: gsm8k (1 paired items)" in text
+    assert "15.8% fewer (unique) parameters, 15.8% fewer forward FLOPs per token" in text
+    assert report.headline(out)["sft-pruned"] == {"difference": 0.0, "ci_low": None, "ci_high": None}

@@ -24,6 +24,9 @@ class DatasetParams(Section):
     format: Format
     limit: int | None = Field(default=None, gt=0)
     seed: int = 0
+    # A local source must lie in the project directory or the mirror: rejected rows are copied
+    # into the quarantine file that `dvc push` uploads. true allows any path.
+    allow_outside: bool = False
 
     @property
     def is_local(self) -> bool:

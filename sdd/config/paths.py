@@ -20,6 +20,14 @@ class Paths(Section):
     def source_file(self, ds: str) -> Path:
         return Path(self.sources) / f"{ds}.json"
 
+    def model_source_file(self) -> Path:
+        """The base model's content fingerprint (a dot in the name: no dataset can be called that)."""
+        return Path(self.sources) / "model.base.json"
+
+    def eval_source_file(self) -> Path:
+        """The evaluation inputs' content fingerprints (lm-eval task files, fidelity prompt sources)."""
+        return Path(self.sources) / "eval.inputs.json"
+
     def prepared_file(self, ds: str) -> Path:
         return Path(self.prepared) / f"{ds}.parquet"
 

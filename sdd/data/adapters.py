@@ -3,6 +3,11 @@
 Canonical row (DESIGN.md): id, dataset, instruction, context, response, answer.
 `adapt_rows` is pure: it takes decoded raw rows (or decode errors) and returns accepted rows,
 rejected rows with reasons, and counts. Nothing is dropped without a reason.
+
+Text rules (every string of a row, field names included): a lone surrogate (JSON "\\ud800") or a
+control character other than tab, newline and carriage return rejects the row; a field made only
+of invisible characters (whitespace, zero-width and other format characters, Unicode category Cf)
+is empty.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ import json
 import math
 import random
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
 from sdd.cache import fingerprint
+from sdd.data.answers import after_last_marker, numeric_answer
 
-GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
 GSM8K_CALC = re.compile(r"<<[^<>]*>>")
 ALPACA_TEMPLATE = re.compile(
     r"^\s*Below is an instruction that describes a task(?:, paired with an input that provides further context)?\."
@@ -28,6 +34,42 @@ ALPACA_TEMPLATE = re.compile(
 
 class RowError(ValueError):
     """A row that cannot become a canonical row; the message is the rejection reason."""
+
+
+# C0 and C1 control characters and DEL (category Cc), except tab, newline and carriage return.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _strings(value: object):
+    """Every string inside a decoded value (nested lists and objects included, keys too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def check_text(row: dict) -> None:
+    """Raise RowError naming the field and code point of a lone surrogate or control character."""
+    for key, value in row.items():
+        for text in _strings({key: value}):
+            if bad := _SURROGATE.search(text):
+                raise RowError(f"field {key!r} is not valid Unicode (lone surrogate U+{ord(bad[0]):04X})")
+            if bad := _CONTROL.search(text):
+                raise RowError(
+                    f"field {key!r} contains control character U+{ord(bad[0]):04X} "
+                    "(only tab, newline and carriage return are allowed)"
+                )
+
+
+def visible(text: str) -> bool:
+    """True when `text` has a character that shows: not whitespace, not a format character (Cf)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 def _text(row: dict, key: str, *, required: bool = True) -> str:
@@ -42,8 +84,10 @@ def _text(row: dict, key: str, *, required: bool = True) -> str:
         return ""
     if not isinstance(value, str):
         raise RowError(f"field {key!r} must be text, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RowError(f"field {key!r} is empty")
+    if not visible(value):
+        if not required:
+            return ""
+        raise RowError(f"field {key!r} is empty" + (" (only invisible characters)" if value.strip() else ""))
     return value.strip()
 
 
@@ -78,7 +122,7 @@ def dolly_hhrlhf(row: dict) -> dict:
     if match is None:
         raise RowError("field 'prompt' does not follow the Alpaca template ('### Instruction: ... ### Response:')")
     instruction = match["instruction"].strip()
-    if not instruction:
+    if not visible(instruction):
         raise RowError("field 'prompt' has an empty instruction")
     return {
         "instruction": instruction,
@@ -89,17 +133,21 @@ def dolly_hhrlhf(row: dict) -> dict:
 
 
 def gsm8k(row: dict) -> dict:
+    """The final answer is the number after the LAST `####` (`sdd.data.answers.gsm8k_answer`)."""
     solution = _text(row, "answer")
-    match = GSM8K_ANSWER.search(solution)
-    if match is None:
+    stated = after_last_marker(solution)
+    if stated is None:
         raise RowError("field 'answer' has no final answer after '####'")
+    answer = numeric_answer(stated)
+    if answer is None:
+        raise RowError("field 'answer' has no number after its last '####'")
     # Calculator annotations (<<48/2=24>>) are tool markup, not language: strip them.
     response = GSM8K_CALC.sub("", solution)
     return {
         "instruction": _text(row, "question"),
         "context": "",
         "response": response,
-        "answer": match[1].replace(",", "").strip(),
+        "answer": answer,
     }
 
 
@@ -111,7 +159,7 @@ def openmath(row: dict) -> dict:
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise RowError(f"field 'expected_answer' must be text or a number, got {type(answer).__name__}")
     answer = str(answer).strip()
-    if not answer:
+    if not visible(answer):
         raise RowError("field 'expected_answer' is empty")
     return {
         "instruction": _one_of(row, ("question", "problem")),
@@ -135,12 +183,46 @@ class Adapted:
     rejected: list[dict] = field(default_factory=list)
 
     def counts(self) -> dict:
-        reasons = Counter(r["reason"].split(":")[0] for r in self.rejected)
+        reasons = Counter(reason_kind(r["reason"]) for r in self.rejected)
         return {
             "accepted": len(self.accepted),
             "rejected": len(self.rejected),
             "rejected_by_reason": dict(sorted(reasons.items())),
         }
+
+    def top_reasons(self, n: int = 3, rows: int = 3) -> list[tuple[str, int, list[int]]]:
+        """The `n` most frequent reasons (`reason_kind`), each with its count and first `rows` rows."""
+        first: dict[str, list[int]] = {}
+        for r in self.rejected:
+            first.setdefault(reason_kind(r["reason"]), []).append(r["row"])
+        ranked = sorted(first.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+        return [(kind, len(found), found[:rows]) for kind, found in ranked[:n]]
+
+
+# What differs from row to row inside one kind of reason: a line, byte or row number, a size.
+_ROW_SPECIFIC = re.compile(r"\b(line|byte|row) \d+|^too long: \d+")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its row-specific numbers replaced by N, so equal causes count together.
+
+    "missing field: 'instruction'" stays whole; "malformed json: line 8: ..." -> "malformed json: line N: ...".
+    """
+    return _ROW_SPECIFIC.sub(lambda m: m[0].rsplit(" ", 1)[0] + " N", reason)
+
+
+def formats_that_fit(rows: list[RawRow], limit: int = 200) -> dict[str, int]:
+    """How many of the first `limit` decoded object rows each format's adapter accepts."""
+    objects = [r.value for r in rows if r.error is None and isinstance(r.value, dict)][:limit]
+    fits = dict.fromkeys(ADAPTERS, 0)
+    for value in objects:
+        for fmt, adapter in ADAPTERS.items():
+            try:
+                adapter(value)
+            except RowError:
+                continue
+            fits[fmt] += 1
+    return fits
 
 
 @dataclass(frozen=True)
@@ -160,6 +242,7 @@ def adapt_rows(rows, dataset: str, fmt: str, max_chars: int) -> Adapted:
 
     def reject(raw: RawRow, reason: str) -> None:
         shown = raw.text if raw.text else json.dumps(raw.value, ensure_ascii=False, default=str)
+        shown = shown.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate as its escape
         out.rejected.append({"dataset": dataset, "row": raw.index, "reason": reason, "raw": shown[:2000]})
 
     for raw in rows:
@@ -170,6 +253,7 @@ def adapt_rows(rows, dataset: str, fmt: str, max_chars: int) -> Adapted:
             reject(raw, f"wrong type: row is {type(raw.value).__name__}, expected a JSON object")
             continue
         try:
+            check_text(raw.value)
             canon = adapter(raw.value)
         except RowError as err:
             reject(raw, _reason(str(err)))

@@ -1,7 +1,8 @@
 """Final-answer extraction and the conditional selection of self-distilled responses.
 
-    from sdd.data.answers import extract_answer, select
+    from sdd.data.answers import extract_answer, gsm8k_answer, select
     extract_answer("... so she has 1,200 apples.\\n#### 1,200")        # -> "1200"
+    gsm8k_answer("... #### 3/4")                                       # -> "3/4" (None: not a number)
     select(row_answer="72", candidates=[...], leak_phrases=(...))      # -> Choice
 
 Pure functions (value in, value out). Conditional selection follows self-data distillation
@@ -18,9 +19,10 @@ from decimal import Decimal
 from fractions import Fraction
 
 # Order matters: the most explicit marker wins (a "####" line beats a number in the prose).
-_HASHES = re.compile(r"####\s*([^\n]+)")
+_MARKER = "####"  # GSM8k: the final answer follows the last one
 _ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
+_CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/[1-9]\d*)?")
 
 
 def _boxed(text: str) -> str | None:
@@ -78,15 +80,45 @@ def _canonical_number(raw: str) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def after_last_marker(text: str) -> str | None:
+    """What follows the LAST `####` on its line (GSM8k's final-answer marker), or None without one."""
+    if _MARKER not in text:
+        return None
+    return text.rsplit(_MARKER, 1)[1].split("\n", 1)[0].strip()
+
+
+def numeric_answer(value: str) -> str | None:
+    """`value` as a canonical number ("-3", "1000", "2.5", "3/4"), or None when it is not a number.
+
+    Accepts what `normalize_answer` reads as one number: a sign, `$`, thousands separators,
+    decimals, fractions, a unit or word after it ("1,000 apples" -> "1000"); "2x+1" or "banana"
+    is not a number.
+    """
+    canonical = normalize_answer(value)
+    return canonical if _CANONICAL_NUMBER.fullmatch(canonical) else None
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """GSM8k's final answer: the number after the LAST `####`, canonical; None when there is none.
+
+    The one rule for a GSM8k solution, used by the gsm8k adapter (a row without one is rejected)
+    and by `extract_answer` (the distillation answer check).
+    """
+    stated = after_last_marker(text)
+    return None if stated is None else numeric_answer(stated)
+
+
 def extract_answer(text: str) -> str | None:
     r"""The final answer of a solution, normalised, or None when it states none.
 
-    Tried in order: the last `#### N` line (GSM8k format), the last `\boxed{...}` (MATH /
-    OpenMathInstruct), the last "the answer is N" phrase, then the last number in the text.
+    Tried in order: the number after the last `####` (GSM8k format, `gsm8k_answer`), the last
+    `\boxed{...}` (MATH / OpenMathInstruct), the last "the answer is N" phrase, then the last number
+    in the text. A last `####` followed by no number (a Markdown heading "#### Step 2") does not
+    end the search.
     """
-    hashes = _HASHES.findall(text)
-    if hashes and hashes[-1].strip():
-        return normalize_answer(hashes[-1])
+    marked = gsm8k_answer(text)
+    if marked is not None:
+        return marked
     boxed = _boxed(text)
     if boxed is not None and boxed.strip():
         return normalize_answer(boxed)

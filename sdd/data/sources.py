@@ -2,27 +2,40 @@
 
 A source is a local file (jsonl/json/parquet/csv) or a hub id + config + split. With a mirror
 set, a hub id resolves to `<mirror>/<owner>/<name>/<config>/<split>.jsonl`, so air-gapped
-machines run unchanged. Without one, the hub is used at the pinned revision.
+machines run unchanged. Without one, the hub is used at the pinned revision. A local file must lie
+in the project directory or the mirror (`datasets.<ds>.allow_outside` lifts that).
+
+When too many rows fail, `explain_rejections` says why: the most frequent reasons and, where the
+whole file has one, the cause (compressed, plain text, a JSON array in a .jsonl, a missing or
+mistyped column, rows of another format) with its fix.
 """
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import json
 import math
+import re
 from pathlib import Path
 
 from sdd.cache import file_digest
-from sdd.config.datasets import DatasetParams
-from sdd.data.adapters import RawRow
+from sdd.config.datasets import FORMATS, DatasetParams
+from sdd.data.adapters import Adapted, RawRow, formats_that_fit
 from sdd.errors import InputError, MissingInput
 
 
-def resolve(ds: DatasetParams, mirror: Path | None) -> Path | None:
-    """The local file holding the rows, or None when they come from the hub."""
+def resolve(ds: DatasetParams, mirror: Path | None, root: Path | None = None) -> Path | None:
+    """The local file holding the rows, or None when they come from the hub.
+
+    A local source must lie (symlinks followed) inside `root`, the project directory (default: the
+    working directory, where params.yaml is), or inside the mirror, unless `ds.allow_outside`.
+    """
     if ds.is_local:
         path = Path(ds.source).expanduser()
         if not path.is_file():
             raise MissingInput(f"dataset source {ds.source!r} does not exist; fix `source` in params.yaml")
+        _check_inside(path, ds, mirror, Path.cwd() if root is None else root)
         return path
     if mirror is None:
         return None
@@ -38,6 +51,21 @@ def resolve(ds: DatasetParams, mirror: Path | None) -> Path | None:
             f"present for this id: {present or 'nothing'}. Fix config/split in params.yaml or the mirror"
         )
     return path
+
+
+def _check_inside(path: Path, ds: DatasetParams, mirror: Path | None, root: Path) -> None:
+    """Rejected rows are copied (up to 2,000 characters each) into an artifact `dvc push` uploads."""
+    real = path.resolve()
+    allowed = [root.resolve(), *([mirror.resolve()] if mirror is not None else [])]
+    if ds.allow_outside or any(real.is_relative_to(folder) for folder in allowed):
+        return
+    mirror_text = f" or the dataset mirror {allowed[1]}" if mirror is not None else ""
+    raise InputError(
+        f"dataset source {ds.source!r} resolves to {real}, outside the project directory {allowed[0]}{mirror_text}; "
+        "rejected rows are copied (up to 2,000 characters each) into the quarantine file that `dvc push` uploads. "
+        "Move the file into the project or the mirror, or set `allow_outside: true` in this dataset's entry in "
+        "params.yaml if its rows may be uploaded"
+    )
 
 
 def fingerprint(ds: DatasetParams, mirror: Path | None) -> dict:
@@ -59,8 +87,9 @@ def fingerprint(ds: DatasetParams, mirror: Path | None) -> dict:
     }
 
 
-def read_rows(ds: DatasetParams, mirror: Path | None) -> list[RawRow]:
-    path = resolve(ds, mirror)
+def read_rows(ds: DatasetParams, mirror: Path | None, root: Path | None = None) -> list[RawRow]:
+    """The source's rows; `root` is the project directory a local source must lie in (see `resolve`)."""
+    path = resolve(ds, mirror, root)
     if path is None:
         return _read_hub(ds)
     suffix = path.suffix.lower()
@@ -68,20 +97,66 @@ def read_rows(ds: DatasetParams, mirror: Path | None) -> list[RawRow]:
         return _read_jsonl(path)
     if suffix == ".json":
         return _read_json(path)
-    if suffix == ".parquet":
-        import pandas as pd
-
-        return _from_records(pd.read_parquet(path).to_dict("records"))
     import pandas as pd
 
-    return _from_records(pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records"))
+    if suffix == ".parquet":
+        try:
+            table = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for a corrupt file
+            raise InputError(f"{path} is not a readable Parquet file ({err}){_because(path)}") from err
+        return _from_records(table.to_dict("records"))
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        return []
+    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise InputError(f"{path} is not a readable UTF-8 CSV file ({err}){_because(path)}") from err
+    return _from_records(frame.to_dict("records"))
+
+
+class _Ambiguous(dict):
+    """A JSON object that repeats a key: which of the values is meant is unknown."""
+
+    duplicate = ""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """`object_pairs_hook`: a plain dict, or an `_Ambiguous` one naming the first repeated key."""
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            ambiguous = _Ambiguous(pairs)
+            ambiguous.duplicate = key
+            return ambiguous
+        obj[key] = value
+    return obj
+
+
+def _duplicate_key(value: object) -> str | None:
+    """The first repeated key anywhere inside a decoded JSON value, or None."""
+    if isinstance(value, _Ambiguous):
+        return value.duplicate
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((key for item in items if (key := _duplicate_key(item)) is not None), None)
+
+
+def _decoded(index: int, value: object, text: str = "") -> RawRow:
+    key = _duplicate_key(value)
+    if key is not None:
+        return RawRow(index, error=f"duplicate key {key!r}: ambiguous row", text=text or json.dumps(value, default=str))
+    return RawRow(index, value=value, text=text)
 
 
 def _read_jsonl(path: Path) -> list[RawRow]:
-    """One row per non-blank line; undecodable bytes and malformed JSON become rejected rows."""
+    """One row per non-blank line; undecodable bytes and malformed JSON become rejected rows.
+
+    A UTF-8 byte-order mark before the first line is skipped.
+    """
     rows = []
     with path.open("rb") as fh:
         for index, line in enumerate(fh):
+            if index == 0:
+                line = line.removeprefix(codecs.BOM_UTF8)
             if not line.strip():
                 continue
             try:
@@ -96,7 +171,7 @@ def _read_jsonl(path: Path) -> list[RawRow]:
                 )
                 continue
             try:
-                rows.append(RawRow(index, value=json.loads(text), text=text))
+                rows.append(_decoded(index, json.loads(text, object_pairs_hook=_object), text))
             except json.JSONDecodeError as err:
                 rows.append(RawRow(index, error=f"malformed json: line {index + 1}: {err.msg}", text=text))
     return rows
@@ -104,14 +179,15 @@ def _read_jsonl(path: Path) -> list[RawRow]:
 
 def _read_json(path: Path) -> list[RawRow]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=_object)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(
-            f"{path} is not a valid UTF-8 JSON file ({err}); use .jsonl to keep the readable rows"
+            f"{path} is not a valid UTF-8 JSON file ({err})"
+            + (_because(path) or "; use .jsonl to keep the readable rows")
         ) from err
     if not isinstance(data, list):
         raise InputError(f"{path} must hold a JSON array of objects, got {type(data).__name__}")
-    return [RawRow(i, value=v) for i, v in enumerate(data)]
+    return [_decoded(i, v) for i, v in enumerate(data)]
 
 
 def _from_records(records: list[dict]) -> list[RawRow]:
@@ -126,3 +202,111 @@ def _read_hub(ds: DatasetParams) -> list[RawRow]:
         ds.source, ds.config if ds.config != "default" else None, split=ds.split, revision=ds.revision
     )
     return [RawRow(i, value=row) for i, row in enumerate(table)]
+
+
+# Compressed data under a data extension: the first bytes give it away.
+_COMPRESSED = {
+    b"\x1f\x8b": ("gzip-compressed", "gzip -dc", ""),
+    b"PK\x03\x04": ("a zip archive", "unzip -p", "; a spreadsheet (.xlsx) is one too: export the sheet as CSV"),
+    b"BZh": ("bzip2-compressed", "bzip2 -dc", ""),
+    b"\xfd7zXZ\x00": ("xz-compressed", "xz -dc", ""),
+    b"(\xb5/\xfd": ("zstd-compressed", "zstd -dc", ""),
+}
+
+
+def whole_file_cause(path: Path) -> str | None:
+    """Why no row of `path` can be read, judged from its first bytes; None when they look right."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    suffix = path.suffix.lower()
+    for magic, (kind, tool, note) in _COMPRESSED.items():
+        if head.startswith(magic):
+            return (
+                f"{path.name} is {kind} (it starts with bytes {magic.hex(' ')}), not {suffix} data: decompress it "
+                f"(`{tool} {path.name} > {path.stem}.unpacked{suffix}`) and point `source` at the result{note}"
+            )
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return f"{path.name} is UTF-16 text: save it as UTF-8"
+    text = head.decode("utf-8-sig", "replace").lstrip()
+    start = text.splitlines()[0][:60] if text else ""
+    if suffix == ".parquet" and not head.startswith(b"PAR1"):
+        return (
+            f"{path.name} is not Parquet (no 'PAR1' header; it starts with {start or head[:8]!r}): "
+            "point `source` at the Parquet file, or give the file the extension of its format"
+        )
+    if suffix == ".jsonl" and text.startswith("["):
+        return (
+            f"{path.name} holds a JSON array, not one JSON object per line: rename it to .json "
+            "(and `source` with it), or write one object per line"
+        )
+    if suffix in (".jsonl", ".json") and text and text[0] not in "{[":
+        return (
+            f"{path.name} is plain text, not JSON (it starts with {start!r}): point `source` at the JSON data, "
+            "or convert the file to one JSON object per line"
+        )
+    return None
+
+
+def _because(path: Path) -> str:
+    cause = whole_file_cause(path)
+    return f". Likely cause: {cause}" if cause else ""
+
+
+def explain_rejections(
+    name: str, ds: DatasetParams, mirror: Path | None, raw: list[RawRow], adapted: Adapted, max_fraction: float
+) -> str:
+    """The "too many rows rejected" message: the file, the expected format, the most frequent
+    reasons with their first rows, and the likely cause with its fix when one is found."""
+    path = resolve(ds, mirror)
+    where = str(path) if path is not None else f"{ds.source} (hub, config={ds.config!r}, split={ds.split!r})"
+    fraction = len(adapted.rejected) / len(raw)
+    # A .jsonl row is its line (counted from 1, as in the reasons); other rows count from 0 (`row`).
+    unit, offset = ("line", 1) if path is not None and path.suffix.lower() == ".jsonl" else ("row", 0)
+    reasons = "; ".join(
+        f"{kind!r} ({count} row{'s' * (count > 1)}; first at {unit} {', '.join(str(r + offset) for r in rows)})"
+        for kind, count, rows in adapted.top_reasons()
+    )
+    cause = _likely_cause(name, ds, path, raw, adapted)
+    return (
+        f"dataset {name!r}: {len(adapted.rejected)} of {len(raw)} rows rejected ({fraction:.1%} > "
+        f"prepare.max_rejected_fraction={max_fraction}) reading {where} as format {ds.format!r} "
+        f"(`datasets.{name}.format`).\nMost frequent reasons: {reasons}.\n"
+        + (
+            f"Likely cause: {cause}."
+            if cause
+            else f"Check that `datasets.{name}.format` ({ds.format}) matches the source."
+        )
+    )
+
+
+def _likely_cause(name: str, ds: DatasetParams, path: Path | None, raw: list[RawRow], adapted: Adapted) -> str | None:
+    if path is not None and (cause := whole_file_cause(path)):
+        return cause
+    objects = [r.value for r in raw if r.error is None and isinstance(r.value, dict)][:200]
+    fits = formats_that_fit(raw, len(objects))
+    best = max(fits, key=lambda fmt: fits[fmt])
+    if best != ds.format and fits[best] > fits[ds.format] and 2 * fits[best] >= len(objects):
+        return (
+            f"the rows have the fields of format {best!r} ({sorted(objects[0])}; {best!r} reads {fits[best]} of "
+            f"{len(objects)} sampled rows, {ds.format!r} reads {fits[ds.format]}): set `datasets.{name}.format: {best}`"
+        )
+    kind, count, _ = adapted.top_reasons(1)[0]
+    noun = "column" if path is not None and path.suffix.lower() in (".csv", ".parquet") else "field"
+    present = sorted({key for obj in objects for key in obj})
+    missing = re.fullmatch(r"missing field: '([^']*)'", kind)
+    if missing and objects and missing[1] not in present:  # no row has it: the file's layout
+        close = difflib.get_close_matches(missing[1], present, n=1)
+        fix = f"rename {noun} {close[0]!r} to {missing[1]!r}" if close else f"add a {noun} {missing[1]!r}"
+        return (
+            f"the rows have no {noun} {missing[1]!r} ({noun}s present: {present}): {fix}, "
+            f"or set `datasets.{name}.format` to this file's format (one of {list(FORMATS)})"
+        )
+    typed = re.fullmatch(r"wrong type: field '([^']*)' must be text, got (\w+)", kind)
+    if typed and 2 * count >= len(adapted.rejected):
+        return (
+            f"{noun} {typed[1]!r} holds {typed[2]} values, but format {ds.format!r} needs text there: "
+            "convert it to strings"
+        )
+    if kind.startswith("invalid utf-8"):
+        return "the file is not UTF-8 (Latin-1 or Windows-1252?): re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+    return None

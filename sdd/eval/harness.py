@@ -48,6 +48,7 @@ class Task:
     source: str  # where the rows come from (mirror folder or hub id)
     subtasks: dict  # lm-eval task name -> lm-eval Task object
     indices: dict  # lm-eval task name -> document indices
+    data: dict  # the content fingerprint of the rows (sdd.eval.tasks.input_fingerprint)
 
 
 @dataclass
@@ -89,7 +90,7 @@ def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | N
             indices[sub] = list(range(n if cfg.limit is None else min(cfg.limit, n)))
         spec = specs.TASKS[name]
         eval_split, fewshot_split = specs.splits(spec, mirror)
-        source = str(mirror / spec.hub / spec.config) if mirror else f"hub:{spec.hub}"
+        source = f"mirror:{spec.hub}/{spec.config}" if mirror else f"hub:{spec.hub}"  # no machine-local path
         out.append(
             Task(
                 name,
@@ -100,6 +101,7 @@ def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | N
                 source,
                 {str(k): v for k, v in built.items()},
                 indices,
+                specs.input_fingerprint(name, mirror),
             )
         )
     return out
@@ -179,6 +181,7 @@ def task_identity(task: Task) -> dict:
         "source": task.source,
         "fewshot_split": task.fewshot_split,
         "indices": task.indices,
+        "data": task.data,  # a mirror file replaced in place is another key: never a stale checkpoint
     }
 
 
@@ -300,6 +303,6 @@ def run_settings(cfg: EvaluateParams, dev: str, mirror: Path | None) -> dict:
         "chat_template": cfg.chat_template,
         "seed": cfg.seed,
         "device": dev,
-        "mirror": str(mirror) if mirror else None,
+        "data": "mirror" if mirror else "hub",
         "vllm": cfg.vllm.model_dump() if cfg.backend == "vllm" else None,
     }

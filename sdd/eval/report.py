@@ -2,7 +2,7 @@
 paired bootstrap comparisons, as one summary dict and as Markdown. Pure: values in, values out.
 
     from sdd.eval.report import summarise, markdown
-    summary = summarise(evals, samples, baseline="base", compare=[("sdd", "sft")], prune=..., speculate=...)
+    summary = summarise(evals, samples, baseline="base", compare=[("sdd", "sft")], prune=..., configs=...)
     text = markdown(summary)
 """
 
@@ -15,6 +15,7 @@ import pandas as pd
 from sdd.errors import InputError
 from sdd.eval import stats
 from sdd.eval.tasks import EVAL_TASK_TITLES
+from sdd.model import pruning
 
 SPECULATE_KEYS = ("acceptance_rate", "mean_accepted_length", "speedup")
 
@@ -34,12 +35,16 @@ def summarise(
     prune: dict | None = None,
     speculate: dict[str, dict] | None = None,
     layer_scores: dict | None = None,
+    configs: dict[str, dict] | None = None,
 ) -> dict:
     """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame; layer_scores:
-    the layer_scores stage's scores.json (which block each metric picks, and how well it predicts KL)."""
+    the layer_scores stage's scores.json (which block each metric picks, and how well it predicts KL);
+    configs: model -> its config.json contents, from which each model's own unique parameters and
+    forward FLOPs per token are computed (n_ctx = prune's flops_context, 0 without prune)."""
     if baseline not in evals:
         raise InputError(f"report.baseline={baseline!r} has no evaluation; evaluated: {sorted(evals)}")
     base = _scores(evals[baseline])
+    context = (prune or {}).get("flops_context", 0)
     models = {}
     for name, ev in evals.items():
         scores = _scores(ev)
@@ -67,10 +72,10 @@ def summarise(
             },
             "fidelity": {k: ev["fidelity"][k] for k in ("kl", "top1_agreement", "perplexity")},
         }
-        if prune:
-            after = name != baseline  # every other model descends from the pruned checkpoint
-            row["parameters"] = prune["parameters_after" if after else "parameters_before"]
-            row["flops_per_token"] = prune["flops_per_token_after" if after else "flops_per_token_before"]
+        if configs and name in configs:
+            config = pruning.config_from_dict(configs[name])
+            row["parameters"] = pruning.parameter_count(config)
+            row["flops_per_token"] = pruning.flops_per_token(config, context)
         if speculate and name in speculate:
             row["speculate"] = {k: speculate[name].get(k) for k in SPECULATE_KEYS + ("k", "temperature")}
         models[name] = row
@@ -86,6 +91,7 @@ def summarise(
         "models": models,
         "comparisons": comparisons,
         "prune": prune,
+        "flops_context": context,
         "chance": {t: s.chance for t, s in base.items()},
         "layer_selection": layer_selection(layer_scores, prune) if layer_scores else None,
         "settings": {
@@ -180,6 +186,13 @@ def markdown(summary: dict) -> str:
                 _num(spec.get("speedup", math.nan), 2),
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    if has_size:
+        lines += [
+            "",
+            "params: unique parameters from each model's config.json (a tied embedding / LM head counted once); "
+            "GFLOPs/token: forward matmul FLOPs, 2 × (decoder-layer weights + LM head) + 2 n_layer n_ctx d_attn "
+            f"with n_ctx = {summary['flops_context']} (the embedding is a lookup; Kaplan et al. 2020, Table 1).",
+        ]
     lines += [
         "",
         "## Per-task recovery (raw / chance-normalised)",
@@ -202,22 +215,14 @@ def markdown(summary: dict) -> str:
         "",
     ]
     if summary["comparisons"]:
-        lines += ["## Paired bootstrap of the difference in average score", ""]
-        for pair, c in summary["comparisons"].items():
-            a, b = pair.split("-", 1)
-            lines.append(
-                f"- `{a}` − `{b}`: {100 * c['difference']:+.2f} points, {100 * c['confidence']:.0f}% CI "
-                f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] ({c['paired_items']} paired items, "
-                f"{c['iterations']} resamples, stratified by subtask)"
-            )
-        lines.append("")
+        lines += _comparison_lines(summary["comparisons"])
     if summary.get("layer_selection"):
         lines += _layer_selection_lines(summary["layer_selection"])
     if summary["prune"]:
         p = summary["prune"]
         lines += [
             f"Pruning removed layers {p.get('removed_layers')}: {_num(p.get('params_reduction_pct'), 1)}% fewer "
-            f"parameters, {_num(p.get('flops_reduction_pct'), 1)}% fewer FLOPs per token.",
+            f"(unique) parameters, {_num(p.get('flops_reduction_pct'), 1)}% fewer forward FLOPs per token.",
             "",
         ]
     s = summary["settings"]
@@ -234,6 +239,31 @@ def markdown(summary: dict) -> str:
     for t in tasks:
         lines.append(f"| {EVAL_TASK_TITLES.get(t, t)} | {s['shots'][t]} | {s['limit'][t]} | {s['fewshot_split'][t]} |")
     return "\n".join(lines) + "\n"
+
+
+def _comparison_lines(comparisons: dict) -> list[str]:
+    lines = [
+        "## Paired bootstrap of the difference in average score",
+        "",
+        f"Each task is resampled on its own: items within each subtask when every subtask has at least "
+        f"{stats.MIN_RESAMPLE_ITEMS} paired items, else the task's items jointly with their subtask weights; "
+        f"a task with fewer than {stats.MIN_RESAMPLE_ITEMS} paired items leaves the CI not available (resampling "
+        "fewer items understates the variance: none with 1 item, half with 2).",
+        "",
+    ]
+    for pair, c in comparisons.items():
+        a, b = pair.split("-", 1)
+        if c["ci_low"] is None:
+            ci = f"{100 * c['confidence']:.0f}% CI not available ({c['ci_unavailable']})"
+        else:
+            ci = f"{100 * c['confidence']:.0f}% CI [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+        pooled = sorted(t for t, by in c["resampled_by"].items() if by == "task")
+        lines.append(
+            f"- `{a}` − `{b}`: {100 * c['difference']:+.2f} points, {ci} ({c['paired_items']} paired items, "
+            f"{c['unpaired_items']} unpaired, {c['iterations']} resamples"
+            + (f"; resampled by task: {', '.join(pooled)})" if pooled else ")")
+        )
+    return lines + [""]
 
 
 def _layer_selection_lines(sel: dict) -> list[str]:

@@ -76,14 +76,29 @@ def recovery_chance_normalised(model: dict[str, Score], base: dict[str, Score]) 
     return chance_normalised(average({t: model[t] for t in base}), average(base), float(chance))
 
 
+MIN_RESAMPLE_ITEMS = 5
+"""Fewest items a bootstrap stratum may have. Resampling n items with replacement gives the mean a
+variance of (n - 1) / n * s^2 / n, (n - 1) / n of the plug-in value: none with 1 item, half with 2,
+80% with 5. Smaller strata would make the interval too narrow."""
+
+
 def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int) -> dict:
     """Paired bootstrap CI of average(a) - average(b) over the items both models were scored on.
 
-    Items are paired on (task, subtask, doc_id) and resampled with replacement within each
-    subtask (a stratified bootstrap, Efron & Tibshirani 1993, ch. 16; paired comparison as in
-    Koehn 2004 for MT). The average is linear in the subtask means, so each replicate's difference
-    is a weighted sum of per-subtask mean differences: weight 1 / (tasks * subtasks of the task).
-    Percentile interval.
+    Items are paired on (task, subtask, doc_id); the average is linear in the subtask means, so the
+    difference is sum_i w_i (a_i - b_i) with w_i = 1 / (tasks * subtasks of its task * items of its
+    subtask). Each task is resampled on its own (stratified bootstrap, Efron & Tibshirani 1993,
+    ch. 16; paired comparison as in Koehn 2004 for MT), at a level with enough items:
+
+    - every subtask has >= MIN_RESAMPLE_ITEMS paired items: items are resampled within each subtask;
+    - some subtask has fewer (MMLU with 2 items per subject): the task's items are resampled jointly
+      and each replicate is the weighted mean sum w_i d_i / sum w_i over the drawn items (equal
+      subtask sizes: the plain mean of the task's items);
+    - the task itself has fewer than MIN_RESAMPLE_ITEMS paired items (GSM8k with limit 1): its
+      sampling variance cannot be estimated, so no CI is given (ci_low = ci_high = None, the reason
+      in `ci_unavailable`); the difference is still reported.
+
+    Percentile interval. `unpaired_items` counts the items only one of the two was scored on.
     """
     keys = ["task", "subtask", "doc_id"]
     joined = a[keys + ["score"]].merge(b[keys + ["score"]], on=keys, suffixes=("_a", "_b"), validate="one_to_one")
@@ -92,27 +107,51 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confiden
             "the two models share no evaluated items (task, subtask, doc_id); evaluate both "
             "with the same evaluate.tasks settings"
         )
-    dropped = max(len(a), len(b)) - len(joined)
-    rng = np.random.default_rng(seed)
+    joined["diff"] = joined["score_a"] - joined["score_b"]
     n_tasks = joined["task"].nunique()
+    sizes = joined.groupby(["task", "subtask"])["diff"].transform("size")
+    n_sub = joined.groupby("task")["subtask"].transform("nunique")
+    joined["weight"] = 1.0 / (n_tasks * n_sub * sizes)
+    observed = float((joined["weight"] * joined["diff"]).sum())
+    rng = np.random.default_rng(seed)
     total = np.zeros(iterations)
-    observed = 0.0
-    for _task, rows in joined.groupby("task", sort=True):
-        n_sub = rows["subtask"].nunique()
-        for _, sub in rows.groupby("subtask", sort=True):
-            diff = (sub["score_a"] - sub["score_b"]).to_numpy()
-            weight = 1.0 / (n_tasks * n_sub)
-            observed += weight * diff.mean()
+    resampled_by: dict[str, str | None] = {}
+    too_small: list[str] = []
+    for task, rows in joined.groupby("task", sort=True):
+        smallest = int(rows.groupby("subtask").size().min())
+        if len(rows) < MIN_RESAMPLE_ITEMS:
+            resampled_by[task] = None
+            too_small.append(f"{task} ({len(rows)} paired items)")
+        elif smallest >= MIN_RESAMPLE_ITEMS:
+            resampled_by[task] = "subtask"
+            for _, sub in rows.groupby("subtask", sort=True):
+                diff, weight = sub["diff"].to_numpy(), float(sub["weight"].sum())
+                picks = rng.integers(0, len(diff), size=(iterations, len(diff)))
+                total += weight * diff[picks].mean(axis=1)
+        else:
+            resampled_by[task] = "task"
+            diff, weight = rows["diff"].to_numpy(), rows["weight"].to_numpy()
             picks = rng.integers(0, len(diff), size=(iterations, len(diff)))
-            total += weight * diff[picks].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(total, [alpha, 1 - alpha])
+            total += weight.sum() * (weight[picks] * diff[picks]).sum(axis=1) / weight[picks].sum(axis=1)
+    low: float | None = None
+    high: float | None = None
+    reason: str | None = None
+    if too_small:
+        reason = (
+            f"too few items to resample: {', '.join(too_small)}; a task needs at least {MIN_RESAMPLE_ITEMS} "
+            f"(raise evaluate.tasks.<task>.limit)"
+        )
+    else:
+        alpha = (1.0 - confidence) / 2
+        low, high = (float(q) for q in np.quantile(total, [alpha, 1 - alpha]))
     return {
-        "difference": float(observed),
-        "ci_low": float(low),
-        "ci_high": float(high),
+        "difference": observed,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_unavailable": reason,
         "confidence": confidence,
         "iterations": iterations,
+        "resampled_by": resampled_by,
         "paired_items": int(len(joined)),
-        "unpaired_items": int(dropped),
+        "unpaired_items": int(len(a) + len(b) - 2 * len(joined)),
     }

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdd.cache import file_digest
 from sdd.errors import InputError, MissingInput
 
 PREFIX = "sdd_"
@@ -346,3 +347,18 @@ def task_configs(task: str, shots: int, mirror: Path | None, subjects: list[str]
         }
         for name, subject in zip(task_names(task, subjects), subjects or MMLU_SUBJECTS)
     ]
+
+
+def input_fingerprint(task: str, mirror: Path | None) -> dict:
+    """What identifies a task's data: the sha256 of each mirror file lm-eval reads for it (eval and
+    few-shot splits), or without a mirror the hub commit of its dataset."""
+    spec = TASKS[task]
+    if mirror is None:
+        from huggingface_hub import HfApi  # hub access only without a mirror
+
+        return {"kind": "hub", "repo": spec.hub, "sha": HfApi().dataset_info(spec.hub).sha}
+    files = sorted({mirror_file(mirror, spec, s) for s in splits(spec, mirror) if s})
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise MissingInput(f"task {task}: the mirror has no {missing[0]}")
+    return {"kind": "file", "files": {f.relative_to(mirror).as_posix(): file_digest([f]) for f in files}}

