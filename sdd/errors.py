@@ -10,7 +10,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -89,10 +89,10 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def require(name: str, choices: Iterable[str], where: str) -> str:
+def require(name: str, choices: Collection[str], where: str) -> str:
     """`name` if it is one of `choices` (the keys of params section `where`), else an InputError
     with the closest match and every choice."""
-    known = sorted(choices)
-    if name not in known:
+    if name not in choices:  # a membership test reads only that entry (see sdd/config/trace.py)
+        known = sorted(choices)
         raise InputError(f"{name!r} is not in {where}{did_you_mean(name, known)}; {where} has {known}")
     return name

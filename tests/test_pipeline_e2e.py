@@ -36,12 +36,12 @@ def test_repro_caches_and_reruns_only_what_changed(tmp_path, tiny_model_dir, mir
 
     second = run_dvc(repo, "repro", *targets, env=env)
     # source@* always runs (it hashes the bytes); nothing downstream recomputes.
-    assert ran(second.stdout) <= {"source@gsm8k", "source@alpaca"}
+    assert ran(second.stdout) <= {"source@gsm8k", "source@alpaca", "model_source"}
 
     params["datasets"]["alpaca"]["limit"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run_dvc(repo, "repro", *targets, env=env)
-    assert ran(third.stdout) - {"source@gsm8k", "source@alpaca"} == {"prepare@alpaca"}
+    assert ran(third.stdout) - {"source@gsm8k", "source@alpaca", "model_source"} == {"prepare@alpaca"}
     assert len(pd.read_parquet(repo / "data/prepared/alpaca.parquet")) == 16
 
 
