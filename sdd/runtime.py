@@ -33,8 +33,11 @@ def setup_logging() -> None:
     )
 
 
-def stage_args(argv: list[str], doc: str | None, name: str | None = None, help: str = "") -> argparse.Namespace:
-    """Parse a stage's command line: no argument, or one positional `name` (a dataset, arm, ...)."""
+def stage_args(
+    argv: list[str], doc: str | None, name: str | None = None, help: str = "", flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse a stage's command line: no argument, or one positional `name` (a dataset, arm, ...),
+    plus optional boolean `--<flag>`s (name -> help)."""
     lines = (doc or "").strip().splitlines()
     usage = next((line.strip() for line in lines if line.strip().startswith("python -m ")), None)
     parser = argparse.ArgumentParser(
@@ -42,6 +45,8 @@ def stage_args(argv: list[str], doc: str | None, name: str | None = None, help: 
     )
     if name:
         parser.add_argument(name, help=help)
+    for flag, flag_help in (flags or {}).items():
+        parser.add_argument(f"--{flag}", action="store_true", help=flag_help)
     return parser.parse_args(argv)
 
 

@@ -20,7 +20,7 @@ from sdd.cache import file_digest, fingerprint, keyed_dir
 from sdd.config import load_params
 from sdd.errors import require
 from sdd.model.checkpoint import check_model_dir
-from sdd.model.trainer import LAUNCHED, arm_inputs, launch, read_arm, train
+from sdd.model.trainer import LAUNCHED, arm_inputs, launch, read_arm, teacher_lookup, train
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     cfg, paths = params.finetune, params.paths
     require(arm, cfg.arms, "finetune.arms")
-    data, dev = cfg.arms[arm], device()
+    spec, dev = cfg.arms[arm], device()
     model_dir, run_dir = paths.model_dir("pruned"), Path(paths.scratch) / "finetune" / arm
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if os.environ.get(LAUNCHED) and world_size != cfg.num_processes:
@@ -38,12 +38,16 @@ def main(argv: list[str]) -> None:
             f"the accelerate launcher did not start a distributed run"
         )
     if not os.environ.get(LAUNCHED):  # the launching process checks inputs and owns the checkpoint folder
-        log_params(f"finetune@{arm}", {"data": data, **cfg.training_settings()})
+        log_params(f"finetune@{arm}", {**spec.model_dump(), **cfg.training_settings()})
         check_model_dir(model_dir)
-        read_arm(paths, data, cfg.val_fraction, cfg.seed)  # fails here, before any model load
-        inputs = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"] + arm_inputs(paths, data)
+        read_arm(paths, spec.data, cfg.val_fraction, cfg.seed)  # fails here, before any model load
+        if spec.objective == "kd":  # so do missing or invalid teacher logits (validated on original text too)
+            for data in (spec.data, dict.fromkeys(spec.data, "original")):
+                teacher_lookup(paths, data)
+        inputs = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"] + arm_inputs(paths, spec)
         keyed_dir(
-            run_dir, fingerprint({"settings": cfg.training_settings(), "data": data, "inputs": file_digest(inputs)})
+            run_dir,
+            fingerprint({"settings": cfg.training_settings(), "arm": spec.model_dump(), "inputs": file_digest(inputs)}),
         )
         if cfg.num_processes > 1:
             launch(arm, cfg.num_processes, dev == "cpu")

@@ -129,6 +129,25 @@ def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
     assert (flat["position_ids"][0] == 0).sum() == 2  # positions restart per example: a block-diagonal mask
 
 
+def test_padding_free_batches_keep_each_example_to_itself(tiny_model_dir, tokenizer):
+    """Packed examples (position ids restarting) give the logits each example gives alone, in the
+    training set-up: transformers only isolates them when the model runs without a KV cache."""
+    from transformers import AutoModelForCausalLM
+
+    params = load_params(REPO / "params.yaml")
+    model = ft.apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), params.finetune, "full")
+    model.train()
+    examples = ft.encode_rows(rows("gsm8k", 3), tokenizer, 128, "truncate")[0]
+    batch = ft.collator(tokenizer, "padding_free")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = 0
+        for ex in examples:
+            alone = model(torch.tensor([ex["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start : start + len(alone)], alone, atol=1e-5, rtol=1e-5)
+            start += len(alone)
+
+
 def test_overlong_rows_are_counted_and_handled(tokenizer):
     kept, counts = ft.encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="truncate")
     assert counts["overlong"] == counts["truncated"] + counts.get("dropped_prompt_too_long", 0) > 0
@@ -141,14 +160,19 @@ def test_default_arms_differ_only_in_data(tmp_path):
     params = load_params(REPO / "params.yaml")
     assert set(params.finetune.arms) >= {"sft", "sdd"}
     resolved = {}
-    for arm in ("sft", "sdd"):
-        data, args = trainer.resolved(params, arm, tmp_path / arm, "cpu")
+    for arm in params.finetune.arms:
+        spec, args = trainer.resolved(params, arm, tmp_path / arm, "cpu")
         training = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir", "run_name")}
-        resolved[arm] = (data, training)
-    assert resolved["sft"][1] == resolved["sdd"][1]
-    assert resolved["sft"][0] == {"gsm8k": "original", "alpaca": "original"}
-    assert resolved["sdd"][0] == {"gsm8k": "distilled", "alpaca": "distilled"}
-    assert set(resolved["sft"][0]) == set(resolved["sdd"][0])
+        resolved[arm] = (spec, training)
+    assert all(training == resolved["sft"][1] for _, training in resolved.values())  # KD and last-layers arms too
+    assert resolved["sft"][0].data == {"gsm8k": "original", "alpaca": "original"}
+    assert resolved["sdd"][0].data == {"gsm8k": "distilled", "alpaca": "distilled"}
+    assert set(resolved["sft"][0].data) == set(resolved["sdd"][0].data)
+    # The arms that add an objective or a method use the same rows as their counterparts.
+    assert (resolved["kd"][0].data, resolved["kd"][0].objective) == (resolved["sft"][0].data, "kd")
+    assert (resolved["kd_sdd"][0].data, resolved["kd_sdd"][0].objective) == (resolved["sdd"][0].data, "kd")
+    assert resolved["sft_last3"][0].data == resolved["sft"][0].data
+    assert resolved["sft_last3"][0].method == "last_layers" and resolved["sft"][0].method is None  # None: shared
     # The held-out rows depend on the ids only, so both arms validate on the same rows.
     ids = [r["id"] for r in rows("gsm8k", 40)]
     assert ft.split_by_id(ids, 0.1, seed=0) == ft.split_by_id(list(reversed(ids)), 0.1, seed=0)
@@ -158,8 +182,20 @@ def test_default_arms_differ_only_in_data(tmp_path):
 @pytest.mark.parametrize(
     "arm,error",
     [
-        ({"gsm8j": "original"}, r"finetune\.arms\.bad\.gsm8j: unknown dataset \(did you mean 'gsm8k'\?\)"),
-        ({"gsm8k": "distiled"}, r"finetune\.arms\.bad\.gsm8k: Input should be 'original' or 'distilled'"),
+        (
+            {"data": {"gsm8j": "original"}},
+            r"finetune\.arms\.bad\.data\.gsm8j: unknown dataset \(did you mean 'gsm8k'\?\)",
+        ),
+        (
+            {"data": {"gsm8k": "distiled"}},
+            r"finetune\.arms\.bad\.data\.gsm8k: Input should be 'original' or 'distilled'",
+        ),
+        ({"gsm8k": "original"}, r"finetune\.arms\.bad: .*an arm lists its datasets under `data`"),
+        (
+            {"data": {"gsm8k": "original"}, "objective": "kl"},
+            r"finetune\.arms\.bad\.objective: Input should be 'sft' or 'kd'",
+        ),
+        ({"data": {}}, r"finetune\.arms\.bad\.data: .*at least 1 item"),
     ],
 )
 def test_bad_arm_fails_at_params_load(tmp_path, arm, error):
@@ -216,6 +252,18 @@ def test_lora_trains_adapter_only_and_merged_checkpoint_equals_base_plus_adapter
     assert merged.get_output_embeddings() is not None and (out / "chat_template.jinja").is_file()
 
 
+def test_two_fresh_runs_train_identical_weights(tmp_path, monkeypatch):
+    """The LoRA init is seeded: two fresh runs in one process (different RNG states) end equal."""
+    weights = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(make_project(tmp_path / name, max_steps=2))
+        torch.rand(7)  # whatever ran before must not matter
+        stage.main(["sft"])
+        weights.append((tmp_path / name / "data/models/finetuned/sft/model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_full_finetuning_changes_every_tensor(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -230,10 +278,10 @@ def test_full_finetuning_changes_every_tensor(tmp_path, monkeypatch):
     assert not (paths.model_dir("finetuned/sft") / "adapter").exists()
 
 
-def run_stage(cwd: Path, arm: str, **kwargs) -> subprocess.Popen:
+def run_stage(cwd: Path, arm: str, module: str = "stages.finetune", **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "stages.finetune", arm],
+        [sys.executable, "-m", module, arm],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

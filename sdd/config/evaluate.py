@@ -79,6 +79,9 @@ class EvaluateParams(Section):
         "sft": "finetuned/sft",
         "sdd": "finetuned/sdd",
         "sdd_merged": "merged/sdd_merged",
+        "kd": "finetuned/kd",
+        "kd_sdd": "finetuned/kd_sdd",
+        "sft_last3": "finetuned/sft_last3",
     }
     tasks: dict[Task, EvalTaskParams] = Field(default_factory=_default_tasks, min_length=1)
     backend: Literal["hf", "vllm"] = "hf"

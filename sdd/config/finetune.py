@@ -1,19 +1,23 @@
 """`finetune`: recovery fine-tuning, one finetune@<arm> stage per arm.
 
-An arm names only its data (dataset -> `original` prepared response or `distilled` selected
-response); every training setting is shared by all arms, so the arms differ in their data only.
+An arm names its data (dataset -> `original` prepared response or `distilled` selected response),
+its objective (`sft` cross-entropy or `kd` distillation from the base model's top-k logits) and,
+optionally, its method (`lora`, `full`, `last_layers`; default `finetune.method`). Every other
+training setting is shared by all arms, so arms differ in nothing else.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdd.config.base import Dtype, Section
 from sdd.errors import check_names
 
 ArmKind = Literal["original", "distilled"]
+Objective = Literal["sft", "kd"]
+Method = Literal["lora", "full", "last_layers"]
 
 
 class LoraParams(Section):
@@ -25,15 +29,56 @@ class LoraParams(Section):
     )
 
 
+class KDParams(Section):
+    """Logit distillation: loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
+
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=1.0, gt=0.0)
+
+
+class LastLayersParams(Section):
+    n: int = Field(default=3, gt=0)
+
+
+class ArmParams(Section):
+    data: dict[str, ArmKind] = Field(min_length=1)
+    objective: Objective = "sft"
+    method: Method | None = None  # None: finetune.method
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if (
+            isinstance(value, dict)
+            and "data" not in value
+            and value
+            and set(value.values()) <= {"original", "distilled"}
+        ):
+            raise ValueError(
+                f"an arm lists its datasets under `data`: write `{{data: {value}}}` "
+                "(optionally with `objective: sft|kd` and `method: lora|full|last_layers`)"
+            )
+        return value
+
+
+ORIGINAL = {"gsm8k": "original", "alpaca": "original"}
+DISTILLED = {"gsm8k": "distilled", "alpaca": "distilled"}
+
+
 class FinetuneParams(Section):
-    arms: dict[str, dict[str, ArmKind]] = {
-        "sft": {"gsm8k": "original", "alpaca": "original"},
-        "sdd": {"gsm8k": "distilled", "alpaca": "distilled"},
-        "sdd_gsm8k": {"gsm8k": "distilled"},
-        "sdd_alpaca": {"alpaca": "distilled"},
+    arms: dict[str, ArmParams] = {
+        "sft": ArmParams(data=ORIGINAL),
+        "sdd": ArmParams(data=DISTILLED),
+        "sdd_gsm8k": ArmParams(data={"gsm8k": "distilled"}),
+        "sdd_alpaca": ArmParams(data={"alpaca": "distilled"}),
+        "kd": ArmParams(data=ORIGINAL, objective="kd"),
+        "kd_sdd": ArmParams(data=DISTILLED, objective="kd"),
+        "sft_last3": ArmParams(data=ORIGINAL, method="last_layers"),
     }
-    method: Literal["lora", "full"] = "lora"
+    method: Method = "lora"
     lora: LoraParams = LoraParams()
+    last_layers: LastLayersParams = LastLayersParams()
+    kd: KDParams = KDParams()
     max_seq_len: int = Field(default=512, gt=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     batching: Literal["padding_free", "padded"] = "padding_free"
@@ -56,13 +101,8 @@ class FinetuneParams(Section):
 
     @field_validator("arms")
     @classmethod
-    def _arm_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    def _arm_names(cls, value: dict[str, ArmParams]) -> dict[str, ArmParams]:
         check_names("arm", value)
-        empty = [name for name, data in value.items() if not data]
-        if empty:
-            raise ValueError(
-                f"arms {empty} name no dataset; give each arm at least one `<dataset>: original|distilled`"
-            )
         return value
 
     def training_settings(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from sdd.config.merge import MergeParams
 from sdd.config.paths import Paths
 from sdd.config.report import ReportParams
 from sdd.config.speculate import SpeculateParams
+from sdd.config.teacher import TeacherLogitsParams
 from sdd.config.trace import traced
 from sdd.errors import InputError, MissingInput, check_names, did_you_mean, format_validation_errors
 
@@ -50,6 +51,7 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     merge: MergeParams = MergeParams()
     speculate: SpeculateParams = SpeculateParams()
+    teacher_logits: TeacherLogitsParams = TeacherLogitsParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
@@ -83,16 +85,16 @@ class Params(Section):
 
     def _check_arms(self) -> str | None:
         problems = []
-        for arm, data in self.finetune.arms.items():
-            for ds, kind in data.items():
+        for arm, spec in self.finetune.arms.items():
+            for ds, kind in spec.data.items():
                 if ds not in self.datasets:
                     problems.append(
-                        f"finetune.arms.{arm}.{ds}: unknown dataset{did_you_mean(ds, self.datasets)}; "
+                        f"finetune.arms.{arm}.data.{ds}: unknown dataset{did_you_mean(ds, self.datasets)}; "
                         f"known: {sorted(self.datasets)}"
                     )
                 elif kind == "distilled" and ds not in self.distill.datasets:
                     problems.append(
-                        f"finetune.arms.{arm}.{ds}: kind 'distilled' but {ds!r} is not in distill.datasets "
+                        f"finetune.arms.{arm}.data.{ds}: kind 'distilled' but {ds!r} is not in distill.datasets "
                         f"{list(self.distill.datasets)}; add it there or use kind 'original'"
                     )
         return "; ".join(problems) or None

@@ -11,6 +11,7 @@ class Paths(Section):
     sources: str = "data/sources"
     prepared: str = "data/prepared"
     distilled: str = "data/distilled"
+    teacher: str = "data/teacher"
     models: str = "data/models"
     metrics: str = "metrics"
     reports: str = "reports"
@@ -36,6 +37,10 @@ class Paths(Section):
 
     def distilled_file(self, ds: str) -> Path:
         return Path(self.distilled) / f"{ds}.parquet"
+
+    def teacher_dir(self, ds: str, kind: str) -> Path:
+        """Top-k teacher log-probabilities over a dataset's `original` or `distilled` responses."""
+        return Path(self.teacher) / ds / kind
 
     def model_dir(self, name: str) -> Path:
         return Path(self.models) / name

@@ -24,6 +24,9 @@ class SpeculateParams(Section):
         "sft": "finetuned/sft",
         "sdd": "finetuned/sdd",
         "sdd_merged": "merged/sdd_merged",
+        "kd": "finetuned/kd",
+        "kd_sdd": "finetuned/kd_sdd",
+        "sft_last3": "finetuned/sft_last3",
     }
     num_speculative_tokens: int = Field(default=4, ge=1, le=16)
     temperature: float = Field(default=0.0, ge=0.0)

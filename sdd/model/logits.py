@@ -38,3 +38,40 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     if count == 0:
         raise InputError("masked_mean over an empty mask: no real tokens to average")
     return float((values * mask).sum() / count)
+
+
+def coarse_logprobs(topk_logprobs: torch.Tensor, rest_logmass: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of k + 1 outcomes: the top-k tokens and "any other token". [N, k], [N] -> [N, k + 1].
+
+    The rest is clamped at -1e4 (exp underflows to exactly 0), so an empty rest never yields inf - inf."""
+    return torch.cat([topk_logprobs.float(), rest_logmass.float().clamp_min(-1e4).unsqueeze(-1)], dim=-1)
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    teacher_rest: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-token distillation loss: alpha * T^2 * KL_T(teacher || student) + (1 - alpha) * CE(target).
+
+    Both distributions are coarse-grained to the teacher's top-k support plus one "rest" outcome
+    (its mass is stored with the top k, the student's is the log-sum-exp of its other tokens), then
+    tempered: log_softmax(coarse / T). At T = 1 this is the exact KL between the two coarse-grained
+    distributions (a lower bound of the full-vocabulary KL, equal when the teacher's rest mass is
+    negligible); identical distributions give 0. T^2 keeps the gradient scale of the soft term
+    independent of T (Hinton et al. 2015). Shapes: logits [N, V], targets [N], teacher [N, k], [N, k], [N].
+    """
+    logp = torch.log_softmax(student_logits.float(), dim=-1)
+    ce = -logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    if alpha == 0.0:
+        return ce
+    ids = teacher_ids.long()
+    student_rest = logp.scatter(-1, ids, float("-inf")).logsumexp(dim=-1)
+    student = torch.log_softmax(coarse_logprobs(logp.gather(-1, ids), student_rest) / temperature, dim=-1)
+    teacher = torch.log_softmax(coarse_logprobs(teacher_logprobs, teacher_rest) / temperature, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=-1)
+    return alpha * temperature**2 * kl + (1.0 - alpha) * ce

@@ -2,6 +2,7 @@
 multi-process launch.
 
     train_rows, val, val_original = read_arm(paths, {"gsm8k": "distilled"}, val_fraction=0.1, seed=0)
+    rows = dataset_rows(paths, "gsm8k", "original")              # one dataset's rows as an arm reads them
     metrics = train(arm, params, run_dir, device, world_size)     # resumes from run_dir's checkpoints
     launch(arm, num_processes=2, on_cpu=True)                     # re-runs the stage under accelerate
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from sdd.artifacts import atomic_path, read_parquet, write_json
 from sdd.config import Params
+from sdd.config.finetune import ArmParams
 from sdd.config.paths import Paths
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.model import training as ft
@@ -32,9 +34,32 @@ log = logging.getLogger(__name__)
 LAUNCHED = "SDD_FINETUNE_LAUNCHED"  # set for the workers that `launch` starts: they must not launch again
 
 
-def arm_inputs(paths: Paths, data: Mapping[str, str]) -> list[Path]:
-    """The data files an arm trains on."""
-    return [paths.prepared_file(ds) if kind == "original" else paths.distilled_file(ds) for ds, kind in data.items()]
+def arm_inputs(paths: Paths, arm: ArmParams) -> list[Path]:
+    """The files an arm trains on: its data, and for `kd` the teacher logits of that data (and of
+    the original responses, on which it is validated too)."""
+    files = [
+        paths.prepared_file(ds) if kind == "original" else paths.distilled_file(ds) for ds, kind in arm.data.items()
+    ]
+    if arm.objective == "kd":  # validation on the original responses uses their teacher logits too
+        for ds, kind in sorted({*arm.data.items(), *((ds, "original") for ds in arm.data)}):
+            folder = paths.teacher_dir(ds, kind)
+            files += [folder / "manifest.json", *sorted(folder.glob("*.safetensors"))]
+    return files
+
+
+def teacher_producer(ds: str, kind: str) -> str:
+    """The dvc.yaml stage that writes a dataset's teacher logits."""
+    return f"teacher_logits@{ds}" if kind == "original" else f"teacher_logits_distilled@{ds}"
+
+
+def dataset_rows(paths: Paths, ds: str, kind: str) -> list[dict]:
+    """A dataset's rows with `response` = the text an arm of this kind trains on (and `response_original`)."""
+    if kind == "original":
+        df = read_parquet(paths.prepared_file(ds), PREPARED, producer=f"prepare@{ds}")
+        df = df.assign(response_original=df["response"])
+    else:
+        df = read_parquet(paths.distilled_file(ds), DISTILLED, producer=f"distill@{ds}")
+    return df.to_dict("records")
 
 
 def read_arm(
@@ -45,12 +70,7 @@ def read_arm(
     val: list[dict] = []
     val_original: list[dict] = []
     for ds, kind in data.items():
-        if kind == "original":
-            df = read_parquet(paths.prepared_file(ds), PREPARED, producer=f"prepare@{ds}")
-            df = df.assign(response_original=df["response"])
-        else:
-            df = read_parquet(paths.distilled_file(ds), DISTILLED, producer=f"distill@{ds}")
-        rows = df.to_dict("records")
+        rows = dataset_rows(paths, ds, kind)
         held_out = ft.split_by_id([r["id"] for r in rows], val_fraction, seed)
         train_rows += [r for r in rows if r["id"] not in held_out]
         val += [r for r in rows if r["id"] in held_out]
@@ -88,20 +108,29 @@ def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
-def resolved(params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1) -> tuple[dict, Any]:
-    """(the arm's data, the TrainingArguments) exactly as training uses them."""
+def resolved(params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1) -> tuple[ArmParams, Any]:
+    """(the arm, the TrainingArguments) exactly as training uses them."""
     cfg = params.finetune
     return cfg.arms[arm], ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size)
+
+
+def teacher_lookup(paths: Paths, data: Mapping[str, str]) -> Any:
+    """example -> its teacher row, over the teacher logits of every dataset of the arm."""
+    from sdd.model.teacher import TeacherStore
+
+    stores = [TeacherStore.open(paths.teacher_dir(ds, kind), teacher_producer(ds, kind)) for ds, kind in data.items()]
+    by_id = {row: store for store in stores for row in store.index}
+    return lambda ex: (by_id.get(ex["id"]) or stores[0]).get(ex["id"])
 
 
 def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) -> dict:
     """Train one arm (resuming from the newest complete checkpoint), save the merged model, the
     metrics and the loss curves; returns the headline numbers (empty on non-main processes)."""
-    import datasets
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
     cfg, paths = params.finetune, params.paths
-    data, args = resolved(params, arm, run_dir, dev, world_size)
+    spec, args = resolved(params, arm, run_dir, dev, world_size)
+    data, method = spec.data, spec.method or cfg.method  # an arm's own method, else the shared one
     start = time.perf_counter()
     model, tok = load_model(paths.model_dir("pruned"), "float32")
     train_rows, val_rows, val_original_rows = read_arm(paths, data, cfg.val_fraction, cfg.seed)
@@ -117,20 +146,29 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     if "distilled" in data.values():
         evals["val_original"] = ft.encode_rows(val_original_rows, tok, cfg.max_seq_len, "truncate")[0]
 
-    def as_dataset(examples: list[dict]) -> Any:
-        return datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    collator = ft.collator(tok, cfg.batching)
+    extra: dict[str, Any] = {}
+    if spec.objective == "kd":
+        lookup = teacher_lookup(paths, data)
+        train_ex, evals["val"] = ft.attach_teacher(train_ex, lookup), ft.attach_teacher(evals["val"], lookup)
+        if "val_original" in evals:  # the original responses' teacher logits
+            original = teacher_lookup(paths, dict.fromkeys(data, "original"))
+            evals["val_original"] = ft.attach_teacher(evals["val_original"], original)
+        collator, extra = ft.WithTeacher(collator), {"kd": cfg.kd}
 
-    model = ft.apply_method(model, cfg)
+    set_seed(cfg.seed)  # the LoRA init draws from torch's RNG, before the Trainer seeds it: two runs must start equal
+    model = ft.apply_method(model, cfg, method)
     resume = ft.last_complete_checkpoint(Path(args.output_dir))
     is_main = int(os.environ.get("RANK", "0")) == 0
     curves = ft.LossCurves(run_dir / "live", resume_step=ft.checkpoint_step(resume)) if is_main else None
-    trainer = Trainer(
+    trainer = (ft.DistillationTrainer if spec.objective == "kd" else Trainer)(
         model=model,
         args=args,
-        train_dataset=as_dataset(train_ex),
-        eval_dataset={name: as_dataset(ex) for name, ex in evals.items()},
-        data_collator=ft.collator(tok, cfg.batching),
+        train_dataset=ft.ExampleDataset(train_ex),
+        eval_dataset={name: ft.ExampleDataset(ex) for name, ex in evals.items()},
+        data_collator=collator,
         callbacks=[curves] if curves else [],
+        **extra,
     )
     if resume:
         log.info("resuming from %s", resume)
@@ -142,7 +180,9 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     metrics = {
         "arm": arm,
         "data": data,
-        "method": cfg.method,
+        "objective": spec.objective,
+        "method": method,
+        **ft.trainable_summary(model),
         "batching": cfg.batching,
         "num_processes": world_size,
         "bf16": args.bf16,
@@ -165,7 +205,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     trained: Any = trainer.model
     with atomic_path(paths.model_dir(f"finetuned/{arm}")) as tmp:
         tmp.mkdir()
-        if cfg.method == "lora":
+        if method == "lora":
             trained.save_pretrained(tmp / "adapter")
             merged = trained.merge_and_unload()
         else:

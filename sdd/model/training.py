@@ -1,5 +1,6 @@
 """Recovery fine-tuning core: chat-rendered examples with the loss on response tokens only, a
-validation split shared by every arm, collators, and the transformers `Trainer` + peft set-up.
+validation split shared by every arm, collators, the transformers `Trainer` + peft set-up, and the
+`kd` objective (teacher top-k log-probabilities attached to each example, `DistillationTrainer`).
 
     from sdd.model.training import encode_rows, split_by_id, build_trainer
     examples, counts = encode_rows(rows, tokenizer, max_seq_len=512, overlong="truncate")
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
-from sdd.config.finetune import FinetuneParams
+from sdd.config.finetune import FinetuneParams, KDParams
 from sdd.data.chat import conversation_text, prompt_text
 from sdd.errors import InputError
 
@@ -141,11 +142,22 @@ def training_arguments(cfg: FinetuneParams, output_dir: str, device: str, world_
     )
 
 
-def apply_method(model: Any, cfg: FinetuneParams) -> Any:
-    """LoRA (peft) on the configured modules, or the whole model trainable for `full`."""
-    if cfg.method == "full":
+def apply_method(model: Any, cfg: FinetuneParams, method: str | None = None) -> Any:
+    """LoRA (peft) on the configured modules; `full`: every weight; `last_layers`: the last
+    `cfg.last_layers.n` decoder layers, the final norm and the LM head (full weights, no adapter).
+    With tied embeddings the LM head IS the input embedding matrix, so training it changes both.
+
+    The KV cache is switched off (the Trainer does it too, `TrainingArguments.use_cache=False`):
+    with a cache, transformers does not derive the per-example attention mask from restarting
+    position ids, so a padding-free batch would let every example attend to the ones packed before
+    it (measured on a tiny Llama: logits off by ~0.5 with the cache, equal without)."""
+    model.config.use_cache = False
+    method = method or cfg.method
+    if method == "full":
         model.requires_grad_(True)
         return model
+    if method == "last_layers":
+        return train_last_layers(model, cfg.last_layers.n)
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -156,6 +168,138 @@ def apply_method(model: Any, cfg: FinetuneParams) -> Any:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def train_last_layers(model: Any, n: int) -> Any:
+    decoder = model.get_decoder()
+    layers = decoder.layers
+    if n > len(layers):
+        raise InputError(f"finetune.last_layers.n={n} but the model has {len(layers)} decoder layers; lower it")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - n :]:
+        layer.requires_grad_(True)
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        raise InputError(
+            f"{type(model).__name__}: no final norm at `{type(decoder).__name__}.norm`; use method lora or full"
+        )
+    norm.requires_grad_(True)
+    model.get_output_embeddings().requires_grad_(True)
+    return model
+
+
+def trainable_summary(model: Any) -> dict:
+    """How many parameters (and tensors) train, and the share of the model they are, for the metrics."""
+    params = list(model.parameters())  # tied weights appear once
+    trained = [p for p in params if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    count = sum(p.numel() for p in trained)
+    return {
+        "trainable_parameters": count,
+        "trainable_tensors": len(trained),
+        "trainable_share": round(count / total, 4),
+    }
+
+
+TEACHER_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_rest")
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Encoded examples as a map-style dataset: the model inputs (and teacher tensors) of each."""
+
+    KEYS = ("input_ids", "labels", *TEACHER_KEYS)
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v for k, v in self.examples[i].items() if k in self.KEYS}
+
+
+def attach_teacher(examples: list[dict], lookup: Any) -> list[dict]:
+    """Each example with its teacher's top-k at its (possibly truncated) response tokens.
+
+    `lookup(example)` returns the teacher row (sdd.model.teacher.Row) of that example. The teacher's
+    stored tokens must equal the example's response tokens: otherwise the text or the tokenizer
+    changed after the teacher logits were computed, and distilling would misalign every position."""
+    out = []
+    for ex in examples:
+        tokens = [t for t in ex["labels"][1:] if t != IGNORE]
+        row = lookup(ex)
+        if row.tokens[: len(tokens)].tolist() != tokens:
+            raise InputError(
+                f"teacher logits for row {ex['id']!r} were computed on other tokens than the training text "
+                f"(data or tokenizer changed since); re-run `dvc repro` so the teacher_logits stages recompute"
+            )
+        m = len(tokens)
+        out.append(
+            {
+                **ex,
+                "teacher_ids": row.topk_ids[:m],
+                "teacher_logprobs": row.topk_logprobs[:m],
+                "teacher_rest": row.rest_logmass[:m],
+            }
+        )
+    return out
+
+
+class WithTeacher:
+    """Wraps a collator: the teacher tensors of the batch's examples are concatenated in example
+    order, which is the row-major order of the batch's response positions (padded or flattened)."""
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.base([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        for key in TEACHER_KEYS:
+            batch[key] = torch.cat([f[key] for f in features])
+        return batch
+
+
+class DistillationTrainer(Trainer):
+    """`Trainer` whose loss is `topk_kd_loss` on response tokens against precomputed teacher top-k.
+
+    TRL's GKD/distillation trainers run the teacher model during training; here the teacher's
+    log-probabilities are a cached artifact, so only the loss differs from the SFT arms (same
+    optimizer, schedule, batching, checkpoints). Normalised like transformers' causal-LM loss: the
+    sum over tokens divided by the tokens of the whole accumulated batch when the Trainer gives it."""
+
+    def __init__(self, *args: Any, kd: KDParams, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kd = kd
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from sdd.model.logits import topk_kd_loss
+
+        teacher_ids, teacher_logprobs, teacher_rest = (inputs.pop(key) for key in TEACHER_KEYS)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        targets = labels[:, 1:]
+        mask = targets != IGNORE
+        if int(mask.sum()) != teacher_ids.shape[0]:
+            raise RuntimeError(
+                f"{int(mask.sum())} response tokens in the batch but {teacher_ids.shape[0]} teacher rows"
+            )
+        per_token = topk_kd_loss(
+            outputs.logits[:, :-1][mask],
+            targets[mask],
+            teacher_ids,
+            teacher_logprobs,
+            teacher_rest,
+            self.kd.alpha,
+            self.kd.temperature,
+        )
+        if num_items_in_batch is not None:
+            loss = per_token.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = per_token.mean()
+        return (loss, outputs) if return_outputs else loss
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -1,0 +1,16 @@
+"""`teacher_logits`: the base model's top-k next-token log-probabilities over training text, the
+targets of the `kd` objective (teacher_logits@<ds> on original responses,
+teacher_logits_distilled@<ds> on distilled ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from sdd.config.base import Dtype, Section
+
+
+class TeacherLogitsParams(Section):
+    top_k: int = Field(default=64, gt=0)
+    dtype: Dtype = "float32"
+    batch_tokens: int = Field(default=4096, gt=0)
+    rows_per_shard: int = Field(default=1024, gt=0)
