@@ -62,9 +62,10 @@ def bare_vllm(prepared: Path, model: Path, cfg) -> dict:
     """The same prompts through vLLM directly: the floor the stage's overhead is measured against."""
     import pandas as pd
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     from sdd.data.prompts import build_messages, render, template_for
+    from sdd.generate.engines import build_vllm, shutdown_vllm
 
     start = time.perf_counter()
     rows = pd.read_parquet(prepared).to_dict("records")
@@ -74,22 +75,16 @@ def bare_vllm(prepared: Path, model: Path, cfg) -> dict:
         {"prompt_token_ids": tok(render(tok, build_messages(r, template)), add_special_tokens=False).input_ids}
         for r in rows
     ]
-    e = cfg.engine_args
-    llm = LLM(
-        model=str(model),
-        dtype=e.dtype,
-        max_model_len=e.max_model_len,
-        seed=e.seed,
-        gpu_memory_utilization=e.gpu_memory_utilization,
-        enforce_eager=e.enforce_eager,
-        tensor_parallel_size=e.tensor_parallel_size,
-    )
+    llm = build_vllm(model, cfg.engine_args)  # the stage's builder: the same engine settings
     ready = time.perf_counter()
     s = cfg.sampling
-    outs = llm.generate(
-        prompts, SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n)
-    )
-    done = time.perf_counter()
+    try:
+        outs = llm.generate(
+            prompts, SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n)
+        )
+        done = time.perf_counter()
+    finally:
+        shutdown_vllm(llm)  # left to interpreter exit, the engine's teardown hung the benchmark for minutes
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     return {
         "rows": len(rows),
@@ -101,11 +96,49 @@ def bare_vllm(prepared: Path, model: Path, cfg) -> dict:
     }
 
 
+def matmul_peak_gflops(dtype: str, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's dense matmul rate at `dtype` with torch's threads (best of `repeats`): the
+    compute roof for batched decoding, where every generated token is ~2 N FLOPs of GEMM."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def roofline(results: dict, model: Path, dtype: str) -> dict:
+    """Generated tokens/s of each run as a fraction of the matmul roof (context term left out)."""
+    from sdd.model.pruning import config_from_dict, flops_per_token
+
+    per_token = flops_per_token(config_from_dict(json.loads((model / "config.json").read_text())))
+    peak = matmul_peak_gflops(dtype)
+    out = {
+        "matmul_peak_gflops": round(peak, 1),
+        "flops_per_token": per_token,
+        "roof_tokens_per_s": round(peak * 1e9 / per_token),
+    }
+    for name in ("bare_vllm", "stage_vllm"):
+        if name in results:
+            out[f"{name}_fraction"] = round(results[name]["generated_tokens_per_s"] * per_token / (peak * 1e9), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=256, help="GSM8k prompts for the vLLM runs (issue: >= 256)")
     ap.add_argument("--hf-rows", type=int, default=64, help="prompts for the (slow) hf engine run")
     ap.add_argument("--max-tokens", type=int, default=None, help="override distill.sampling.max_tokens")
+    ap.add_argument(
+        "--budget-ratio", default=None, help="override distill.budget_ratio ('none' = every row may use max_tokens)"
+    )
     ap.add_argument("--model", type=Path, default=REPO / "data" / "models" / "base")
     ap.add_argument("--engines", default="bare,vllm,hf", help="comma-separated subset of bare,vllm,hf to run")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "distill_speed.json")
@@ -118,6 +151,8 @@ def main() -> None:
     base["datasets"]["gsm8k"]["limit"] = args.rows
     if args.max_tokens:
         base["distill"]["sampling"]["max_tokens"] = args.max_tokens
+    if args.budget_ratio is not None:
+        base["distill"]["budget_ratio"] = None if args.budget_ratio == "none" else float(args.budget_ratio)
     cfg = Params.model_validate(base).distill
     results = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -148,7 +183,9 @@ def main() -> None:
     v, h, b = results.get("stage_vllm"), results.get("stage_hf"), results.get("bare_vllm")
     if v and h:
         results["vllm_over_hf_tokens_per_s"] = round(v["generated_tokens_per_s"] / h["generated_tokens_per_s"], 2)
+    results["roofline"] = roofline(results, args.model, cfg.engine_args.dtype)
     if v and b:
+        results["stage_over_bare_tokens_per_s"] = round(v["generated_tokens_per_s"] / b["generated_tokens_per_s"], 3)
         results["stage_overhead_generation"] = round(v["generation_seconds"] / b["generation_seconds"] - 1, 4)
         results["stage_overhead_wall"] = round(v["process_wall_seconds"] / b["wall_seconds"] - 1, 4)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +201,13 @@ def main() -> None:
                 f"| {name} | {r['rows']} | {r['generated_tokens']} | {r['engine_start_seconds']} | "
                 f"{r['generation_seconds']} | {r['generated_tokens_per_s']} | {r[wall]:.1f} |"
             )
-    for key in ("vllm_over_hf_tokens_per_s", "stage_overhead_generation", "stage_overhead_wall"):
+    for key in (
+        "vllm_over_hf_tokens_per_s",
+        "stage_over_bare_tokens_per_s",
+        "stage_overhead_generation",
+        "stage_overhead_wall",
+        "roofline",
+    ):
         if key in results:
             print(f"{key}: {results[key]}")
 

@@ -22,7 +22,7 @@ from sdd.data.answers import apply_selection
 from sdd.data.prompts import build_messages, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import require
-from sdd.generate.distill import generate_rewrites, run_key, summarize
+from sdd.generate.distill import generate_rewrites, run_key, summarize, token_budgets
 from sdd.model.checkpoint import check_model_dir
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -48,23 +48,25 @@ def main(argv: list[str]) -> None:
         prompts = [
             tokenizer(render(tokenizer, build_messages(r, template)), add_special_tokens=False).input_ids for r in rows
         ]
-        fits = [len(p) + cfg.sampling.max_tokens <= cfg.engine_args.max_model_len for p in prompts]
+        budgets = token_budgets(cfg, [len(tokenizer(r["response"], add_special_tokens=False).input_ids) for r in rows])
+        fits = [len(p) + b <= cfg.engine_args.max_model_len for p, b in zip(prompts, budgets, strict=True)]
         if not all(fits):
             log.warning(
-                "%d of %d prompts + max_tokens exceed distill.engine_args.max_model_len=%d; those rows keep "
-                "their original response (reason prompt_too_long)",
+                "%d of %d prompts + their token budget exceed distill.engine_args.max_model_len=%d; those rows "
+                "keep their original response (reason prompt_too_long)",
                 fits.count(False),
                 len(rows),
                 cfg.engine_args.max_model_len,
             )
         key = run_key(tree_digest(model_dir), rows, template, cfg)
         store = PieceStore(Path(paths.scratch) / "distill" / name, key)
-        run = generate_rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store)
+        run = generate_rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store, budgets)
         out = apply_selection(rows, run.generations, template.kind == "math", cfg.leak_phrases, cfg.min_length_ratio)
         written = write_parquet(to_frame(out, DISTILLED), paths.distilled_file(name), DISTILLED)
         details = {
             **summarize(written, run),
             "engine": cfg.engine,
+            "token_budget_total": sum(b for b, f in zip(budgets, fits, strict=True) if f),
             "fingerprint": key,
             "wall_seconds": round(time.perf_counter() - started, 2),
         }

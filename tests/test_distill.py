@@ -218,6 +218,36 @@ def test_changed_sampling_ignores_stale_chunks(tmp_path, distill_model, monkeypa
     assert [p.name for p in (work / ".sdd-scratch" / "distill" / "alpaca").iterdir()] == [after["fingerprint"]]
 
 
+def test_token_budgets_follow_the_original_length():
+    from sdd.config.distill import DistillParams
+    from sdd.generate.distill import token_budgets
+
+    cfg = DistillParams(budget_ratio=3.0, budget_floor=96)
+    assert token_budgets(cfg, [10, 40, 100, 200]) == [96, 120, 300, 320]  # floor, 3x, 3x, max_tokens
+    assert token_budgets(cfg.model_copy(update={"budget_ratio": None}), [10, 200]) == [320, 320]
+
+
+def test_a_row_budget_cuts_the_same_greedy_text_short(distill_model):
+    """A row capped at b tokens generates the first b tokens of its uncapped greedy text and is
+    marked `length`; rows within their budget are unchanged."""
+    from sdd.config.engine import SamplingParams
+    from sdd.generate.engines import generate_hf
+    from sdd.model.checkpoint import load_model
+
+    model, tok = load_model(distill_model)
+    prompts = [tok(q, add_special_tokens=False).input_ids for q in ("How many clips?", "Write a poem.", "Hi")]
+    sampling = SamplingParams(max_tokens=12)
+    free = generate_hf(model, tok, prompts, sampling, batch_size=3, use_tqdm=False)
+    capped = generate_hf(model, tok, prompts, sampling, batch_size=3, use_tqdm=False, budgets=[3, 12, 5])
+    for full, cut, budget in zip(free, capped, [3, 12, 5]):
+        assert cut[0].generated_tokens <= budget
+        if full[0].generated_tokens <= budget:
+            assert cut[0] == full[0]
+        else:
+            assert cut[0].finish_reason == "length" and cut[0].generated_tokens == budget
+            assert full[0].text.startswith(cut[0].text.rstrip())
+
+
 def test_missing_column_is_a_clear_error(tmp_path, distill_model, monkeypatch):
     from stages import distill
 

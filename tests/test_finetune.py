@@ -179,6 +179,20 @@ def test_default_arms_differ_only_in_data(tmp_path):
     assert len(ft.split_by_id(ids, 0.1, seed=0)) == 4
 
 
+def test_validation_and_checkpoint_intervals_follow_the_run_length():
+    from sdd.config.finetune import FinetuneParams
+
+    demo = FinetuneParams()  # max_steps 8: every 4 steps (validation at 4 and 8)
+    epoch = FinetuneParams(max_steps=None, epochs=1, batch_size=8)  # 540 rows -> 68 steps: every 17
+    assert ft.total_steps(demo, 540) == 8 and ft.total_steps(epoch, 540) == 68
+    assert ft.total_steps(epoch.model_copy(update={"grad_accum": 2}), 540) == 34
+    assert ft.total_steps(epoch, 540, world_size=2) == 34
+    args = ft.training_arguments(epoch, "/tmp/x", "cpu", steps=68)
+    assert (args.eval_steps, args.save_steps) == (17, 17)
+    args = ft.training_arguments(demo.model_copy(update={"eval_steps": 3}), "/tmp/x", "cpu", steps=8)
+    assert (args.eval_steps, args.save_steps) == (3, 3)  # an explicit value wins, checkpoints follow it
+
+
 @pytest.mark.parametrize(
     "arm,error",
     [
@@ -228,6 +242,7 @@ def test_lora_trains_adapter_only_and_merged_checkpoint_equals_base_plus_adapter
     stage.main(["sdd"])
     metrics = read_json(params.paths.metrics_file("finetune", "sdd"))
     assert metrics["steps"] == 6 and metrics["tokens_seen"] > 0 and metrics["tokens_per_second"] > 0
+    assert 0 < metrics["share_outside_optimizer_steps"] < 1 and metrics["eval_steps"] == 3
     assert metrics["val_rows"] == 2 and metrics["train_rows"] == 22
     assert (
         metrics["val_loss"] > 0

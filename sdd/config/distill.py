@@ -32,3 +32,5 @@ class DistillParams(Section):
     chunk_size: int = Field(default=256, gt=0)
     leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
     min_length_ratio: float = Field(default=0.3, ge=0.0)
+    budget_ratio: float | None = Field(default=3.0, gt=0.0)
+    budget_floor: int = Field(default=96, gt=0)

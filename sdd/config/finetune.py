@@ -94,8 +94,8 @@ class FinetuneParams(Section):
     max_grad_norm: float = Field(default=1.0, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
-    eval_steps: int = Field(default=4, gt=0)
-    save_steps: int = Field(default=4, gt=0)
+    eval_steps: int | None = Field(default=None, gt=0)  # None: auto_interval
+    save_steps: int | None = Field(default=None, gt=0)
     num_processes: int = Field(default=1, ge=1)
     save_dtype: Dtype = "bfloat16"
 

@@ -31,7 +31,7 @@ from sdd.config.evaluate import EvalTaskParams, EvaluateParams
 from sdd.config.evaluate import Task as TaskName
 from sdd.errors import InputError
 from sdd.eval import tasks as specs
-from sdd.generate.engines import shutdown_vllm
+from sdd.generate.engines import cpu_runtime, shutdown_vllm
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def lm_eval_model(model_dir: Path, cfg: EvaluateParams, device: str, model: Any 
     _import_vllm_backend()
     from lm_eval.models.vllm_causallms import VLLM
 
+    cpu_runtime(model_dir, cfg.dtype, cfg.vllm.max_model_len)
     return VLLM(
         pretrained=str(model_dir),
         dtype=cfg.dtype,

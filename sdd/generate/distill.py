@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ def run_key(model_digest: str, rows: list[dict], template: Template, cfg: Distil
         "sampling": cfg.sampling.model_dump(),
         "chunk_size": cfg.chunk_size,
         "hf_batch_size": cfg.hf_batch_size if cfg.engine == "hf" else None,
+        "budget": [cfg.budget_ratio, cfg.budget_floor],
     }
     return fingerprint(
         {
@@ -44,6 +46,16 @@ def run_key(model_digest: str, rows: list[dict], template: Template, cfg: Distil
             "rows": [[r["id"], r["instruction"], r["context"], r["response"]] for r in rows],
         }
     )
+
+
+def token_budgets(cfg: DistillParams, response_tokens: list[int]) -> list[int]:
+    """Each row's cap on generated tokens: `budget_ratio` x its original response's tokens (at
+    least `budget_floor`, at most `sampling.max_tokens`). A rewrite that needs more is almost
+    always a repetition loop, rejected as truncated anyway: stopping it early saves the tokens."""
+    cap = cfg.sampling.max_tokens
+    if cfg.budget_ratio is None:
+        return [cap] * len(response_tokens)
+    return [min(cap, max(cfg.budget_floor, math.ceil(cfg.budget_ratio * n))) for n in response_tokens]
 
 
 def request_seed(seed: int, row_id: str) -> int:
@@ -58,7 +70,9 @@ class Engine:
         self.cfg, self.model_dir, self.start_seconds = cfg, model_dir, 0.0
         self.impl: Any = None
 
-    def generate(self, prompt_ids: list[list[int]], row_ids: list[str], chunk: int) -> list[list[Generation]]:
+    def generate(
+        self, prompt_ids: list[list[int]], row_ids: list[str], chunk: int, budgets: list[int]
+    ) -> list[list[Generation]]:
         cfg = self.cfg
         if self.impl is None:
             start = time.perf_counter()
@@ -73,10 +87,16 @@ class Engine:
             # Per-row seeds make sampling independent of batching; greedy decoding needs none.
             sampled = cfg.sampling.temperature > 0
             seeds = [request_seed(cfg.engine_args.seed, i) for i in row_ids] if sampled else None
-            return engines.generate_vllm(self.impl, prompt_ids, cfg.sampling, seeds)
+            return engines.generate_vllm(self.impl, prompt_ids, cfg.sampling, seeds, budgets=budgets)
         model, tok = self.impl
         return engines.generate_hf(
-            model, tok, prompt_ids, cfg.sampling, cfg.hf_batch_size, seed=cfg.engine_args.seed + 100_003 * chunk
+            model,
+            tok,
+            prompt_ids,
+            cfg.sampling,
+            cfg.hf_batch_size,
+            seed=cfg.engine_args.seed + 100_003 * chunk,
+            budgets=budgets,
         )
 
     def close(self) -> None:
@@ -103,10 +123,12 @@ def generate_rewrites(
     row_ids: list[str],
     fits: list[bool],
     store: PieceStore,
+    budgets: list[int] | None = None,
 ) -> Rewrites:
     """Candidates for every row (an empty list where the prompt does not fit), chunk by chunk;
     each finished chunk is saved to `store` and read back on a re-run."""
     engine, out = Engine(cfg, model_dir), Rewrites()
+    budgets = budgets or [cfg.sampling.max_tokens] * len(prompts)
     try:
         for c, start in enumerate(range(0, len(prompts), cfg.chunk_size)):
             part = range(start, min(start + cfg.chunk_size, len(prompts)))
@@ -119,7 +141,11 @@ def generate_rewrites(
             else:
                 todo = [i for i in part if fits[i]]
                 t0 = time.perf_counter()
-                made = iter(engine.generate([prompts[i] for i in todo], [row_ids[i] for i in todo], c))
+                made = iter(
+                    engine.generate(
+                        [prompts[i] for i in todo], [row_ids[i] for i in todo], c, [budgets[i] for i in todo]
+                    )
+                )
                 chunk = [next(made) if fits[i] else [] for i in part]
                 seconds = time.perf_counter() - t0
                 if engine.start_seconds and not out.engine_start_seconds:  # the first chunk built the engine

@@ -108,10 +108,13 @@ def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
-def resolved(params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1) -> tuple[ArmParams, Any]:
+def resolved(
+    params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1, train_examples: int = 0
+) -> tuple[ArmParams, Any]:
     """(the arm, the TrainingArguments) exactly as training uses them."""
     cfg = params.finetune
-    return cfg.arms[arm], ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size)
+    steps = ft.total_steps(cfg, train_examples, world_size)
+    return cfg.arms[arm], ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size, steps)
 
 
 def teacher_lookup(paths: Paths, data: Mapping[str, str]) -> Any:
@@ -129,12 +132,13 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     from transformers import Trainer, set_seed
 
     cfg, paths = params.finetune, params.paths
-    spec, args = resolved(params, arm, run_dir, dev, world_size)
+    spec = cfg.arms[arm]
     data, method = spec.data, spec.method or cfg.method  # an arm's own method, else the shared one
     start = time.perf_counter()
     model, tok = load_model(paths.model_dir("pruned"), "float32")
     train_rows, val_rows, val_original_rows = read_arm(paths, data, cfg.val_fraction, cfg.seed)
     train_ex, counts = ft.encode_rows(train_rows, tok, cfg.max_seq_len, cfg.overlong)
+    _, args = resolved(params, arm, run_dir, dev, world_size, len(train_ex))
     if not train_ex:
         from sdd.errors import InputError
 
@@ -161,13 +165,14 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     resume = ft.last_complete_checkpoint(Path(args.output_dir))
     is_main = int(os.environ.get("RANK", "0")) == 0
     curves = ft.LossCurves(run_dir / "live", resume_step=ft.checkpoint_step(resume)) if is_main else None
+    timer = ft.StepTimer()
     trainer = (ft.DistillationTrainer if spec.objective == "kd" else Trainer)(
         model=model,
         args=args,
         train_dataset=ft.ExampleDataset(train_ex),
         eval_dataset={name: ft.ExampleDataset(ex) for name, ex in evals.items()},
         data_collator=collator,
-        callbacks=[curves] if curves else [],
+        callbacks=[timer, curves] if curves else [timer],
         **extra,
     )
     if resume:
@@ -199,6 +204,9 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "val_loss": round(final["eval_val_loss"], 4),
         "val_original_loss": round(final.get("eval_val_original_loss", final["eval_val_loss"]), 4),
         "train_seconds": round(result.metrics["train_runtime"], 2),
+        "eval_steps": args.eval_steps,
+        "save_steps": args.save_steps,
+        "share_outside_optimizer_steps": round(1 - timer.seconds / result.metrics["train_runtime"], 3),
         "tokens_per_second": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
     }
     curves.finish()

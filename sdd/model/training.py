@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,29 @@ def use_bf16(precision: str, device: str) -> bool:
     return precision == "bf16"
 
 
-def training_arguments(cfg: FinetuneParams, output_dir: str, device: str, world_size: int = 1):
-    """The transformers TrainingArguments for a `finetune` section; arms share every value but output_dir."""
+def total_steps(cfg: FinetuneParams, train_examples: int, world_size: int = 1) -> int:
+    """Optimizer steps of a run: `max_steps`, else the epochs over the examples."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(math.ceil(train_examples / (cfg.batch_size * world_size)) / cfg.grad_accum)
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def auto_interval(steps: int) -> int:
+    """Validation and checkpoint interval for a run of `steps`: a quarter of it, at least 4 steps
+    (each validation is a forward pass over the held-out rows; each checkpoint writes the
+    trainable weights and their optimizer state)."""
+    return max(4, math.ceil(steps / 4))
+
+
+def training_arguments(
+    cfg: FinetuneParams, output_dir: str, device: str, world_size: int = 1, steps: int | None = None
+):
+    """The transformers TrainingArguments for a `finetune` section; arms share every value but
+    output_dir (and, with epochs instead of max_steps, the auto intervals of their run length)."""
     from transformers import TrainingArguments
 
+    interval = auto_interval(steps or cfg.max_steps or 1)
     return TrainingArguments(
         output_dir=output_dir,
         seed=cfg.seed,
@@ -131,9 +152,9 @@ def training_arguments(cfg: FinetuneParams, output_dir: str, device: str, world_
         ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
         logging_steps=1,
         eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
+        eval_steps=cfg.eval_steps or interval,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=cfg.save_steps or cfg.eval_steps or interval,
         save_total_limit=2,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
@@ -330,6 +351,20 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
 
 # Trainer log key -> dvclive curve name (files plots/metrics/<name>.tsv).
 CURVES = {"loss": "train/loss", "eval_val_loss": "val/loss", "eval_val_original_loss": "val_original/loss"}
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent inside optimizer steps (forward, backward, update); the rest of `train()` is
+    validation, checkpoints, logging and data loading."""
+
+    def __init__(self) -> None:
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._start
 
 
 class LossCurves(TrainerCallback):
