@@ -21,7 +21,7 @@ from pathlib import Path
 from sdd.artifacts import read_json, read_parquet, to_frame, write_json, write_parquet
 from sdd.cache import tree_digest
 from sdd.config import load_params
-from sdd.data.schemas import EVAL_SAMPLES, FIDELITY_REFERENCE
+from sdd.data.schemas import EVAL_SAMPLES
 from sdd.eval import fidelity, harness, stats
 from sdd.model.checkpoint import load_model
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     log_params(f"evaluate@{name}", {"model_dir": str(model_dir), **cfg.model_dump(exclude={"models"})})
     dev = device()
     with timed(f"evaluate@{name}") as summary:
-        reference = read_parquet(paths.fidelity_reference_file(), FIDELITY_REFERENCE, "fidelity_reference")
+        reference = read_parquet(fidelity.reference_file(paths.eval), fidelity.FIDELITY_REFERENCE, "fidelity_reference")
         mirror = params.mirror()
         tasks = harness.build_tasks(cfg.tasks, mirror)
         # hf: lm-eval wraps the model loaded here (safetensors checks), fidelity reuses it;

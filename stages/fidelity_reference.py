@@ -5,7 +5,7 @@ evaluated model.
 
 Reads `<paths.models>/<evaluate.fidelity.reference>` and the held-out prompt sets of
 `evaluate.fidelity.prompts` (mirror or hub); writes `<paths.eval>/fidelity_reference.parquet`
-(pandera `FIDELITY_REFERENCE`: prompt set, row id, prompt and continuation token ids) and
+(pandera `sdd.eval.fidelity.FIDELITY_REFERENCE`: prompt set, row id, prompt and continuation token ids) and
 `<paths.metrics>/fidelity_reference/fidelity_reference.json`. Each `evaluate@<model>` then costs
 one forward pass of the model and one of the reference over these tokens, no generation.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from sdd.artifacts import to_frame, write_json, write_parquet
 from sdd.config import load_params
-from sdd.data.schemas import FIDELITY_REFERENCE
 from sdd.eval import fidelity
 from sdd.model.checkpoint import load_model
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
@@ -30,8 +29,8 @@ def main(argv: list[str]) -> None:
         rows = fidelity.fidelity_rows(fid.prompts, params.mirror(), params.prepare.max_chars)
         model, tokenizer = load_model(paths.model_dir(fid.reference), cfg.dtype, device())
         table = fidelity.reference_table(model, tokenizer, rows, fid.max_new_tokens, fid.batch_size)
-        out = paths.fidelity_reference_file()
-        write_parquet(to_frame(table, FIDELITY_REFERENCE), out, FIDELITY_REFERENCE)
+        out = fidelity.reference_file(paths.eval)
+        write_parquet(to_frame(table, fidelity.FIDELITY_REFERENCE), out, fidelity.FIDELITY_REFERENCE)
         tokens = sum(len(r["continuation_ids"]) for r in table)
         ended = sum(bool(r["continuation_ids"]) and r["continuation_ids"][-1] == tokenizer.eos_token_id for r in table)
         metrics = {"prompts": len(table), "continuation_tokens": tokens, "ended_with_eos": ended}

@@ -381,7 +381,7 @@ def test_stored_continuations_rebuild_the_generated_batches_exactly(tokenizer, t
     """fidelity_reference stores token ids once; the batches rebuilt from the Parquet are the
     generated ones, so every model's fidelity is the number direct generation gave."""
     from sdd.artifacts import read_parquet, to_frame, write_parquet
-    from sdd.data.schemas import FIDELITY_REFERENCE
+    from sdd.eval.fidelity import FIDELITY_REFERENCE
 
     base = build_llama(tokenizer, num_layers=4, seed=0)
     perturbed = build_llama(tokenizer, num_layers=4, seed=0)

@@ -48,10 +48,6 @@ class Paths(Section):
     def report_file(self, name: str) -> Path:
         return Path(self.reports) / name
 
-    def fidelity_reference_file(self) -> Path:
-        """The reference's continuations of the fidelity prompts (a dot: no model is named so)."""
-        return Path(self.eval) / "fidelity.reference.parquet"
-
     def eval_samples_file(self, name: str) -> Path:
         return Path(self.eval) / f"{name}.parquet"
 

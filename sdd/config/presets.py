@@ -1,6 +1,6 @@
 """Turn a params preset file into `dvc exp run -S key=value` flags.
 
-    dvc exp run $(python -m sdd.config.presets presets/leaderboard.yaml)
+    dvc exp run $(python -m sdd.presets presets/leaderboard.yaml)
 
 A preset is a YAML file shaped like params.yaml holding only the keys it changes; every leaf
 becomes one `-S dotted.key=value` flag (values as compact JSON, which YAML reads back), so the
@@ -32,7 +32,7 @@ def flags(preset: dict, prefix: str = "") -> list[str]:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        sys.exit("usage: python -m sdd.config.presets <preset.yaml>")
+        sys.exit("usage: python -m sdd.presets <preset.yaml>")
     path = Path(argv[0])
     if not path.is_file():
         sys.exit(f"{path} not found; presets live in presets/")

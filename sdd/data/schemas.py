@@ -78,20 +78,3 @@ EVAL_SAMPLES = pa.DataFrameSchema(
     name="eval_samples",
     metadata={"version": 1},
 )
-
-
-FIDELITY_REFERENCE = pa.DataFrameSchema(
-    {
-        "prompt_set": Column(str, checks=_text),  # key of evaluate.fidelity.prompts
-        "id": Column(str, checks=_text),  # the prompt row's canonical id
-        "prompt_ids": Column(object),  # the chat-rendered prompt's token ids
-        "continuation_ids": Column(object),  # the reference's greedy continuation (its EOS included)
-    },
-    checks=[
-        Check(lambda df: df["prompt_ids"].map(len).gt(0), element_wise=False, name="prompt_not_empty"),
-    ],
-    strict=True,
-    ordered=True,
-    name="fidelity_reference",
-    metadata={"version": 1},
-)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandera.pandas as pa
 import torch
+from pandera.pandas import Check, Column
 
 from sdd.config.datasets import DatasetParams
 from sdd.config.evaluate import FidelityParams
@@ -27,6 +29,29 @@ from sdd.data.adapters import adapt_rows, sample
 from sdd.data.chat import prompt_text
 from sdd.errors import InputError
 from sdd.model.logits import kl_per_token, masked_mean, position_ids, top1_agreement
+
+REFERENCE_FILE = "fidelity.reference.parquet"  # under paths.eval (a dot: no model can be named so)
+
+# The fidelity_reference artifact's contract. It lives with the code that writes and reads it
+# rather than in sdd/data/schemas.py, which every data stage depends on: a new artifact here
+# re-runs only the evaluation stages.
+FIDELITY_REFERENCE = pa.DataFrameSchema(
+    {
+        "prompt_set": Column(str, checks=Check(lambda s: s.str.len() > 0, element_wise=False)),
+        "id": Column(str, checks=Check(lambda s: s.str.len() > 0, element_wise=False)),
+        "prompt_ids": Column(object),  # the chat-rendered prompt's token ids
+        "continuation_ids": Column(object),  # the reference's greedy continuation (its EOS included)
+    },
+    checks=[Check(lambda df: df["prompt_ids"].map(len).gt(0), element_wise=False, name="prompt_not_empty")],
+    strict=True,
+    ordered=True,
+    name="fidelity_reference",
+    metadata={"version": 1},
+)
+
+
+def reference_file(eval_dir: str | Path) -> Path:
+    return Path(eval_dir) / REFERENCE_FILE
 
 
 @dataclass
