@@ -5,7 +5,9 @@
 Writes `<paths.metrics>/evaluate/<name>.headline.json` (average, KL, top-1 agreement),
 `<paths.metrics>/evaluate/<name>.json` (score and stderr per task, fidelity, and every setting
 behind the numbers: lm-eval version, backend, shots, limits, splits, few-shot source) and
-`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES). Each finished task is
+`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES). Fidelity is measured on
+the reference's continuations from `<paths.eval>/fidelity.reference.parquet` (stage
+fidelity_reference). Each finished task is
 checkpointed under `<paths.scratch>/evaluate/<name>/`, keyed by the model's bytes, the settings and
 the task's documents: a killed run resumes with the tasks it had finished, and the outputs are
 written (atomically) only once every task and the fidelity measurement are done.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdd.artifacts import read_json, to_frame, write_json, write_parquet
+from sdd.artifacts import read_json, read_parquet, to_frame, write_json, write_parquet
 from sdd.cache import tree_digest
 from sdd.config import load_params
 from sdd.data.schemas import EVAL_SAMPLES
@@ -33,6 +35,7 @@ def main(argv: list[str]) -> None:
     log_params(f"evaluate@{name}", {"model_dir": str(model_dir), **cfg.model_dump(exclude={"models"})})
     dev = device()
     with timed(f"evaluate@{name}") as summary:
+        reference = read_parquet(fidelity.reference_file(paths.eval), fidelity.FIDELITY_REFERENCE, "fidelity_reference")
         mirror = params.mirror()
         tasks = harness.build_tasks(cfg.tasks, mirror)
         # hf: lm-eval wraps the model loaded here (safetensors checks), fidelity reuses it;
@@ -47,9 +50,8 @@ def main(argv: list[str]) -> None:
         samples = write_parquet(to_frame(done.rows, EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
         scores = stats.task_scores(samples)
         fid, root = cfg.fidelity, Path(paths.models)
-        measured = fidelity.against_reference(
-            model_dir, model, tokenizer, fid, root, cfg.dtype, dev, mirror, params.prepare.max_chars
-        )
+        table = reference.to_dict("records")
+        measured = fidelity.against_reference(model_dir, model, tokenizer, fid, root, cfg.dtype, dev, table)
         metrics = {
             "model": name,
             "model_dir": str(model_dir),

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from sdd.eval.fidelity import compare, reference_sequences, render_prompts
+from sdd.eval.fidelity import compare, pad_id, reference_sequences, reference_table, render_prompts, stored_batches
 
 from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc, save_tiny
 
@@ -152,6 +152,7 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump(params({"base": "base", "pruned": "pruned"}, [["pruned", "base"]]))
     )
+    run_stage(tmp_path, "stages.fidelity_reference")
     run_stage(tmp_path, "stages.evaluate", "base")
     run_stage(tmp_path, "stages.evaluate", "pruned")
 
@@ -278,8 +279,10 @@ def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
     """SIGKILL evaluate@base once some tasks are checkpointed: no output is left for a later stage,
     and the re-run reads those tasks back (untouched) and ends with the uninterrupted run's result."""
     reference = evaluate_workdir(tmp_path / "ref")
+    run_stage(reference, "stages.fidelity_reference")
     run_stage(reference, "stages.evaluate", "base")
     work = evaluate_workdir(tmp_path / "killed")
+    run_stage(work, "stages.fidelity_reference")
     checkpoints = work / ".sdd-scratch/evaluate/base"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.evaluate", "base"],
@@ -334,6 +337,7 @@ def test_vllm_backend_runs_every_task_on_one_engine_and_resumes(tmp_path):
         "vllm": {"gpu_memory_utilization": 0.05, "max_model_len": 512, "enforce_eager": True},
     }
     (work / "params.yaml").write_text(yaml.safe_dump(cfg))
+    run_stage(work, "stages.fidelity_reference")
     run_stage(work, "stages.evaluate", "base")
     first = json.loads((work / "metrics/evaluate/base.json").read_text())
     assert first["settings"]["backend"] == "vllm" and first["tasks_reused"] == []
@@ -371,6 +375,37 @@ def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):
     assert moved["kl"] > 1e-3 and moved["top1_agreement"] < 1.0
     # greedy text is the reference's argmax: its own perplexity is lower than the perturbed model's
     assert moved["perplexity"] > same["reference_perplexity"]
+
+
+def test_stored_continuations_rebuild_the_generated_batches_exactly(tokenizer, tmp_path):
+    """fidelity_reference stores token ids once; the batches rebuilt from the Parquet are the
+    generated ones, so every model's fidelity is the number direct generation gave."""
+    from sdd.artifacts import read_parquet, to_frame, write_parquet
+    from sdd.eval.fidelity import FIDELITY_REFERENCE
+
+    base = build_llama(tokenizer, num_layers=4, seed=0)
+    perturbed = build_llama(tokenizer, num_layers=4, seed=0)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rows = [
+        {"dataset": "a", "id": str(i), "instruction": q, "context": c}
+        for i, (q, c) in enumerate(
+            [("How many clips?", ""), ("Write a poem about the sea.", "Short."), ("Hi", ""), ("Add 2 and 3.", "")]
+        )
+    ]
+    generated = reference_sequences(base, tokenizer, render_prompts(tokenizer, rows), max_new_tokens=7, batch_size=3)
+    table = reference_table(base, tokenizer, rows, max_new_tokens=7, batch_size=3)
+    path = tmp_path / "fidelity.reference.parquet"
+    write_parquet(to_frame(table, FIDELITY_REFERENCE), path, FIDELITY_REFERENCE)
+    stored = read_parquet(path, FIDELITY_REFERENCE, "fidelity_reference").to_dict("records")
+    rebuilt = stored_batches(stored, pad_id(tokenizer), batch_size=3)
+    assert [r["id"] for r in stored] == ["0", "1", "2", "3"] and {r["prompt_set"] for r in stored} == {"a"}
+    for a, b in zip(generated, rebuilt, strict=True):
+        assert a.prompt_width == b.prompt_width
+        assert torch.equal(a.attention_mask, b.attention_mask) and torch.equal(a.continuation, b.continuation)
+        assert torch.equal(a.input_ids[a.attention_mask.bool()], b.input_ids[b.attention_mask.bool()])
+    assert compare(base, perturbed, rebuilt) == compare(base, perturbed, generated)
 
 
 def test_sweep_plots_draw_one_point_per_experiment_and_model(tmp_path):

@@ -213,4 +213,71 @@ def test_summary_reads_each_models_size_from_its_own_config():
     assert "| `other` |" in text and "| 120.4 | 0.241 |" in text
     assert "CI not available (too few items to resample: gsm8k (1 paired items)" in text
     assert "15.8% fewer (unique) parameters, 15.8% fewer forward FLOPs per token" in text
-    assert report.headline(out)["sft-pruned"] == {"difference": 0.0, "ci_low": None, "ci_high": None}
+    pair = report.headline(out)["sft-pruned"]
+    assert {k: pair[k] for k in ("difference", "ci_low", "ci_high")} == {
+        "difference": 0.0,
+        "ci_low": None,
+        "ci_high": None,
+    }
+
+
+def test_above_chance_keeps_only_tasks_the_baseline_clearly_beats():
+    base = {
+        "arc_challenge": stats.Score(0.40, 0.02, 0.25, 500),  # 7.5 stderr above chance
+        "winogrande": stats.Score(0.51, 0.02, 0.50, 500),  # at chance
+        "mmlu": stats.Score(0.27, 0.01, 0.25, 600),  # exactly 2 stderr above: kept
+        "gsm8k": stats.Score(1.0, float("nan"), 0.0, 1),  # one item: no stderr, not counted
+    }
+    assert stats.above_chance(base) == ["arc_challenge", "mmlu"]
+    assert stats.above_chance(base, z=3.0) == ["arc_challenge"]
+
+
+def test_report_compares_over_the_above_chance_tasks_too():
+    rng = np.random.default_rng(0)
+
+    def frame(model: str, p_arc: float, p_wino: float) -> pd.DataFrame:
+        rows = [
+            {"model": model, "task": task, "subtask": task, "doc_id": i, "score": float(rng.random() < p), "chance": c}
+            for task, p, c in (("arc_challenge", p_arc, 0.25), ("winogrande", p_wino, 0.5))
+            for i in range(200)
+        ]
+        return pd.DataFrame(rows)
+
+    samples = {"base": frame("base", 0.6, 0.5), "a": frame("a", 0.55, 0.5), "b": frame("b", 0.45, 0.5)}
+
+    def evaluation(df: pd.DataFrame) -> dict:
+        scores = stats.task_scores(df)
+        return {
+            "tasks": {t: vars(s) for t, s in scores.items()},
+            "fidelity": {"kl": 0.1, "top1_agreement": 0.9, "perplexity": 2.0},
+            "settings": {
+                "lm_eval_version": "0.4",
+                "backend": "hf",
+                "dtype": "float32",
+                "batch_size": 1,
+                "chat_template": False,
+                "seed": 0,
+            },
+        }
+
+    evals = {m: evaluation(df) for m, df in samples.items()}
+    for ev in evals.values():
+        for t in ev["tasks"].values():
+            t.update(shots=0, limit=200, fewshot_split="validation")
+    summary = report.summarise(evals, samples, "base", [("a", "b")], bootstrap=500, confidence=0.95, seed=0)
+    assert summary["above_chance_tasks"] == ["arc_challenge"]
+    pair = summary["comparisons"]["a-b"]
+    assert (
+        set(pair["above_chance"]["resampled_by"]) == {"arc_challenge"} and pair["above_chance"]["paired_items"] == 200
+    )
+    arc = (
+        samples["a"].query("task == 'arc_challenge'")["score"].mean()
+        - samples["b"].query("task == 'arc_challenge'")["score"].mean()
+    )
+    assert pair["above_chance"]["difference"] == pytest.approx(arc)
+    assert summary["models"]["a"]["average_above_chance"] == pytest.approx(
+        samples["a"].query("task == 'arc_challenge'")["score"].mean()
+    )
+    text = report.markdown(summary)
+    assert "over the tasks the baseline is above chance on (arc_challenge)" in text
+    assert "above_chance_difference" in report.headline(summary)["a-b"]

@@ -1,11 +1,12 @@
 """Fidelity of a model to the reference (base) model on held-out prompts.
 
-    from sdd.eval.fidelity import render_prompts, reference_sequences, compare
-    seqs = reference_sequences(base, tok, render_prompts(tok, rows), max_new_tokens=48, batch_size=8)
-    compare(base, model, seqs, batch_size=8)   # {"kl": ..., "top1_agreement": ..., "perplexity": ...}
+    table = reference_table(base, tok, rows, max_new_tokens=48, batch_size=8)   # stage fidelity_reference
+    compare(base, model, stored_batches(table, pad_id, batch_size=8))           # in evaluate@<model>
+    # {"kl": ..., "top1_agreement": ..., "perplexity": ...}
 
-The reference model writes a greedy continuation of every prompt; both models then read
-prompt + continuation (teacher forcing) and are compared on the continuation's positions:
+The reference model writes a greedy continuation of every prompt once (the `fidelity_reference`
+artifact: token ids); every evaluated model and the reference then read prompt + continuation
+(teacher forcing, one forward pass each) and are compared on the continuation's positions:
 KL(P_base || P_model) per token, top-1 agreement, and the model's perplexity on the base's
 continuation (the distribution shift self-distillation is meant to avoid; Thangarasa et al. 2024
 argue it from this shift, SDFT, Yang et al. 2024, measure it). Values in, values out (no I/O).
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandera.pandas as pa
 import torch
+from pandera.pandas import Check, Column
 
 from sdd.config.datasets import DatasetParams
 from sdd.config.evaluate import FidelityParams
@@ -26,6 +29,29 @@ from sdd.data.adapters import adapt_rows, sample
 from sdd.data.chat import prompt_text
 from sdd.errors import InputError
 from sdd.model.logits import kl_per_token, masked_mean, position_ids, top1_agreement
+
+REFERENCE_FILE = "fidelity.reference.parquet"  # under paths.eval (a dot: no model can be named so)
+
+# The fidelity_reference artifact's contract. It lives with the code that writes and reads it
+# rather than in sdd/data/schemas.py, which every data stage depends on: a new artifact here
+# re-runs only the evaluation stages.
+FIDELITY_REFERENCE = pa.DataFrameSchema(
+    {
+        "prompt_set": Column(str, checks=Check(lambda s: s.str.len() > 0, element_wise=False)),
+        "id": Column(str, checks=Check(lambda s: s.str.len() > 0, element_wise=False)),
+        "prompt_ids": Column(object),  # the chat-rendered prompt's token ids
+        "continuation_ids": Column(object),  # the reference's greedy continuation (its EOS included)
+    },
+    checks=[Check(lambda df: df["prompt_ids"].map(len).gt(0), element_wise=False, name="prompt_not_empty")],
+    strict=True,
+    ordered=True,
+    name="fidelity_reference",
+    metadata={"version": 1},
+)
+
+
+def reference_file(eval_dir: str | Path) -> Path:
+    return Path(eval_dir) / REFERENCE_FILE
 
 
 @dataclass
@@ -123,10 +149,48 @@ def fidelity_rows(prompts: dict[str, DatasetParams], mirror: Path | None, max_ch
     return rows
 
 
-def measure(reference: Any, model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int, batch_size: int) -> dict:
-    """The reference's greedy continuations of `rows`, and the model compared with it on them."""
-    batches = reference_sequences(reference, tokenizer, render_prompts(tokenizer, rows), max_new_tokens, batch_size)
-    return compare(reference, model, batches)
+def reference_table(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[dict]:
+    """The reference's greedy continuation of every row's prompt, as token ids (prompt set, row id,
+    prompt ids, continuation ids with its EOS): what `stored_batches` rebuilds the batches from."""
+    batches = reference_sequences(model, tokenizer, render_prompts(tokenizer, rows), max_new_tokens, batch_size)
+    table, row = [], iter(rows)
+    for batch in batches:
+        width = batch.prompt_width
+        for ids, mask, cont in zip(batch.input_ids, batch.attention_mask, batch.continuation, strict=True):
+            source = next(row)
+            table.append(
+                {
+                    "prompt_set": source["dataset"],
+                    "id": source["id"],
+                    "prompt_ids": ids[:width][mask[:width].bool()].tolist(),
+                    "continuation_ids": ids[width:][cont[width:]].tolist(),
+                }
+            )
+    return table
+
+
+def stored_batches(table: list[dict], pad_id: int, batch_size: int) -> list[Continuations]:
+    """The scored batches of `reference_sequences`, rebuilt from the stored ids: the same groups of
+    `batch_size` rows, prompts left-padded to the group's widest, continuations right-padded."""
+    batches = []
+    for start in range(0, len(table), batch_size):
+        part = table[start : start + batch_size]
+        prompts = [[int(t) for t in r["prompt_ids"]] for r in part]
+        conts = [[int(t) for t in r["continuation_ids"]] for r in part]
+        width, gen = max(map(len, prompts)), max(map(len, conts))
+        ids, mask, scored = [], [], []
+        for p, c in zip(prompts, conts, strict=True):
+            left, right = width - len(p), gen - len(c)
+            ids.append([pad_id] * left + p + c + [pad_id] * right)
+            mask.append([0] * left + [1] * (len(p) + len(c)) + [0] * right)
+            scored.append([False] * width + [True] * len(c) + [False] * right)
+        batches.append(Continuations(torch.tensor(ids), torch.tensor(mask), torch.tensor(scored), width))
+    return batches
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id `reference_sequences` pads with (the EOS when the tokenizer has no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def against_reference(
@@ -137,18 +201,16 @@ def against_reference(
     models_root: Path,
     dtype: str,
     dev: str,
-    mirror: Path | None,
-    max_chars: int,
+    table: list[dict],
 ) -> dict:
-    """Fidelity of the loaded model to `cfg.reference` (loaded here unless it is the same model),
-    with the settings behind the numbers."""
+    """Fidelity of the loaded model to `cfg.reference` (loaded here unless it is the same model) on
+    the reference's stored continuations, with the settings behind the numbers."""
     from sdd.model.checkpoint import load_model
 
     reference_dir = models_root / cfg.reference
     same = Path(model_dir).resolve() == reference_dir.resolve()
     reference = model if same else load_model(reference_dir, dtype, dev)[0]
-    rows = fidelity_rows(cfg.prompts, mirror, max_chars)
-    measured = measure(reference, model, tokenizer, rows, cfg.max_new_tokens, cfg.batch_size)
+    measured = compare(reference, model, stored_batches(table, pad_id(tokenizer), cfg.batch_size))
     return {
         **measured,
         "reference": str(reference_dir),

@@ -44,6 +44,7 @@ def summarise(
     if baseline not in evals:
         raise InputError(f"report.baseline={baseline!r} has no evaluation; evaluated: {sorted(evals)}")
     base = _scores(evals[baseline])
+    above = stats.above_chance(base)
     context = (prune or {}).get("flops_context", 0)
     models = {}
     for name, ev in evals.items():
@@ -58,6 +59,7 @@ def summarise(
             "average": avg,
             "recovery": stats.recovery(avg, stats.average(base)),
             "recovery_chance_normalised": stats.recovery_chance_normalised(scores, base),
+            **_above_chance_row(scores, base, above),
             "tasks": {
                 t: {
                     "score": s.score,
@@ -83,6 +85,9 @@ def summarise(
     for a, b in compare:
         if a in samples and b in samples:
             comparisons[f"{a}-{b}"] = stats.paired_bootstrap(samples[a], samples[b], bootstrap, confidence, seed)
+            if above:
+                on = [samples[m][samples[m]["task"].isin(above)] for m in (a, b)]
+                comparisons[f"{a}-{b}"]["above_chance"] = stats.paired_bootstrap(*on, bootstrap, confidence, seed)
     settings = evals[baseline]["settings"]
     order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
     return {
@@ -93,6 +98,7 @@ def summarise(
         "prune": prune,
         "flops_context": context,
         "chance": {t: s.chance for t, s in base.items()},
+        "above_chance_tasks": above,
         "layer_selection": layer_selection(layer_scores, prune) if layer_scores else None,
         "settings": {
             **settings,
@@ -146,7 +152,9 @@ def markdown(summary: dict) -> str:
         "",
         f"Scores in % (± stderr), baseline `{base}`. Recovery = average / average({base}); chance-normalised "
         "recovery = (average - chance) / (average(base) - chance), with chance the expected score of "
-        "uniform guessing (so a model reduced to guessing gets 0%).",
+        "uniform guessing (so a model reduced to guessing gets 0%). Recovery above chance: the same over "
+        f"the tasks `{base}` scores at least 2 stderr above chance on "
+        f"({', '.join(summary.get('above_chance_tasks', [])) or 'none'}), where a difference can show.",
         "",
     ]
     head = [
@@ -155,6 +163,7 @@ def markdown(summary: dict) -> str:
         "average",
         "recovery",
         "recovery (chance-norm.)",
+        "recovery above chance (chance-norm.)",
         "KL(base‖model)",
         "top-1 agree",
         "ppl on base text",
@@ -172,6 +181,7 @@ def markdown(summary: dict) -> str:
             f"{100 * m['average']:.1f}",
             _pct(m["recovery"]),
             _pct(m["recovery_chance_normalised"]),
+            _pct(m.get("recovery_cn_above_chance")),
             _num(m["fidelity"]["kl"]),
             _pct(m["fidelity"]["top1_agreement"]),
             _num(m["fidelity"]["perplexity"], 2),
@@ -241,6 +251,19 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _above_chance_row(scores: dict[str, stats.Score], base: dict[str, stats.Score], above: list[str]) -> dict:
+    """Average and recovery (raw, chance-normalised) over the tasks the baseline is above chance on."""
+    if not above:
+        return {"average_above_chance": None, "recovery_above_chance": None, "recovery_cn_above_chance": None}
+    mine, theirs = {t: scores[t] for t in above}, {t: base[t] for t in above}
+    avg = stats.average(mine)
+    return {
+        "average_above_chance": avg,
+        "recovery_above_chance": stats.recovery(avg, stats.average(theirs)),
+        "recovery_cn_above_chance": stats.recovery_chance_normalised(mine, theirs),
+    }
+
+
 def _comparison_lines(comparisons: dict) -> list[str]:
     lines = [
         "## Paired bootstrap of the difference in average score",
@@ -263,6 +286,17 @@ def _comparison_lines(comparisons: dict) -> list[str]:
             f"{c['unpaired_items']} unpaired, {c['iterations']} resamples"
             + (f"; resampled by task: {', '.join(pooled)})" if pooled else ")")
         )
+        if "above_chance" in c:
+            above = c["above_chance"]
+            tasks = ", ".join(sorted(above["resampled_by"]))
+            if above["ci_low"] is None:
+                ci = f"CI not available ({above['ci_unavailable']})"
+            else:
+                ci = (
+                    f"{100 * above['confidence']:.0f}% CI [{100 * above['ci_low']:+.2f}, {100 * above['ci_high']:+.2f}]"
+                )
+            diff = f"{100 * above['difference']:+.2f} points"
+            lines.append(f"  - over the tasks the baseline is above chance on ({tasks}): {diff}, {ci}")
     return lines + [""]
 
 
@@ -354,7 +388,14 @@ def headline(summary: dict) -> dict:
     return {
         **models,
         **{
-            pair: {k: _round(v, 4) for k, v in c.items() if k in ("difference", "ci_low", "ci_high")}
+            pair: {
+                **{k: _round(v, 4) for k, v in c.items() if k in ("difference", "ci_low", "ci_high")},
+                **{
+                    f"above_chance_{k}": _round(c["above_chance"][k], 4)
+                    for k in ("difference", "ci_low", "ci_high")
+                    if "above_chance" in c
+                },
+            }
             for pair, c in summary["comparisons"].items()
         },
     }

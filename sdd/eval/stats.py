@@ -76,6 +76,13 @@ def recovery_chance_normalised(model: dict[str, Score], base: dict[str, Score]) 
     return chance_normalised(average({t: model[t] for t in base}), average(base), float(chance))
 
 
+def above_chance(base: dict[str, Score], z: float = 2.0) -> list[str]:
+    """The tasks on which the baseline scores at least `z` standard errors above chance: the only
+    ones where a recovered model can show a difference (near chance, a task adds noise and no signal
+    to the average). A task without a standard error (one item) is not counted as above chance."""
+    return sorted(t for t, s in base.items() if not math.isnan(s.stderr) and s.score - s.chance >= z * s.stderr)
+
+
 MIN_RESAMPLE_ITEMS = 5
 """Fewest items a bootstrap stratum may have. Resampling n items with replacement gives the mean a
 variance of (n - 1) / n * s^2 / n, (n - 1) / n of the plug-in value: none with 1 item, half with 2,
