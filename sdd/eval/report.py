@@ -86,8 +86,10 @@ def summarise(
         if a in samples and b in samples:
             comparisons[f"{a}-{b}"] = stats.paired_bootstrap(samples[a], samples[b], bootstrap, confidence, seed)
             if above:
-                on = [samples[m][samples[m]["task"].isin(above)] for m in (a, b)]
-                comparisons[f"{a}-{b}"]["above_chance"] = stats.paired_bootstrap(*on, bootstrap, confidence, seed)
+                on_a, on_b = (samples[m][samples[m]["task"].isin(above)] for m in (a, b))
+                comparisons[f"{a}-{b}"]["above_chance"] = stats.paired_bootstrap(
+                    on_a, on_b, bootstrap, confidence, seed
+                )
     settings = evals[baseline]["settings"]
     order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
     return {
