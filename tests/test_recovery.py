@@ -227,6 +227,7 @@ def test_above_chance_keeps_only_tasks_the_baseline_clearly_beats():
         "winogrande": stats.Score(0.51, 0.02, 0.50, 500),  # at chance
         "mmlu": stats.Score(0.27, 0.01, 0.25, 600),  # exactly 2 stderr above: kept
         "gsm8k": stats.Score(1.0, float("nan"), 0.0, 1),  # one item: no stderr, not counted
+        "hellaswag": stats.Score(0.0, 0.0, 0.0, 8),  # all wrong with chance 0: at chance, not above
     }
     assert stats.above_chance(base) == ["arc_challenge", "mmlu"]
     assert stats.above_chance(base, z=3.0) == ["arc_challenge"]

@@ -79,8 +79,12 @@ def recovery_chance_normalised(model: dict[str, Score], base: dict[str, Score]) 
 def above_chance(base: dict[str, Score], z: float = 2.0) -> list[str]:
     """The tasks on which the baseline scores at least `z` standard errors above chance: the only
     ones where a recovered model can show a difference (near chance, a task adds noise and no signal
-    to the average). A task without a standard error (one item) is not counted as above chance."""
-    return sorted(t for t, s in base.items() if not math.isnan(s.stderr) and s.score - s.chance >= z * s.stderr)
+    to the average). A task without a standard error (one item), or scored exactly at chance (e.g.
+    every GSM8k answer wrong: 0 with stderr 0), is not counted as above chance."""
+    margin = {t: s.score - s.chance for t, s in base.items()}
+    return sorted(
+        t for t, s in base.items() if not math.isnan(s.stderr) and margin[t] > 0 and margin[t] >= z * s.stderr
+    )
 
 
 MIN_RESAMPLE_ITEMS = 5
