@@ -36,12 +36,11 @@ def _rows_of(params) -> list[dict]:
     return [r for ds in ("gsm8k", "alpaca") for r in dataset_rows(params.paths, ds, "original")]
 
 
-def examples_and_rows(params, tok) -> tuple[list[dict], list[dict]]:
+def examples_of(params, tok) -> list[dict]:
     """Every response token, as the teacher stage encodes them (no truncation)."""
     from sdd.model.training import encode_rows
 
-    rows = _rows_of(params)
-    return encode_rows(rows, tok, max_seq_len=1 << 30, overlong="truncate")[0], rows
+    return encode_rows(_rows_of(params), tok, max_seq_len=1 << 30, overlong="truncate")[0]
 
 
 def hf_pieces(params, k: int) -> tuple[list[dict], dict]:
@@ -52,7 +51,7 @@ def hf_pieces(params, k: int) -> tuple[list[dict], dict]:
 
     cfg = params.teacher_logits
     model, tok = load_model(params.paths.model_dir("base"), cfg.dtype)
-    examples, _ = examples_and_rows(params, tok)
+    examples = examples_of(params, tok)
     start = time.perf_counter()
     pieces = list(teacher.topk_pieces(model, examples, k, cfg.batch_tokens, "cpu"))
     seconds = time.perf_counter() - start
@@ -79,7 +78,7 @@ def vllm_pieces(params, k: int, reference: list[dict]) -> dict:
 
     model_dir = params.paths.model_dir("base")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    examples, _ = examples_and_rows(params, tok)
+    examples = examples_of(params, tok)
     engine = params.distill.engine_args.model_copy(
         update={"dtype": params.teacher_logits.dtype, "max_model_len": max(len(e["input_ids"]) for e in examples) + 8}
     )

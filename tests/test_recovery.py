@@ -173,20 +173,23 @@ def config_json(num_layers: int) -> dict:
     return json.loads(LlamaConfig(**{**SMOLLM2, "num_hidden_layers": num_layers}).to_json_string())
 
 
+SETTINGS = {
+    "lm_eval_version": "0.4",
+    "backend": "hf",
+    "dtype": "float32",
+    "batch_size": 1,
+    "chat_template": False,
+    "seed": 0,
+}
+
+
 def evaluation(model_dir: str, score: float) -> dict:
     task = {"score": score, "stderr": 0.1, "chance": 0.25, "n": 10, "shots": 0, "limit": 10, "fewshot_split": "x"}
     return {
         "model_dir": model_dir,
         "tasks": {"arc_challenge": task, "gsm8k": {**task, "chance": 0.0, "n": 1, "limit": 1}},
         "fidelity": {"kl": 0.1, "top1_agreement": 0.9, "perplexity": 2.0},
-        "settings": {
-            "lm_eval_version": "0.4",
-            "backend": "hf",
-            "dtype": "float32",
-            "batch_size": 1,
-            "chat_template": False,
-            "seed": 0,
-        },
+        "settings": SETTINGS,
     }
 
 
@@ -251,14 +254,7 @@ def test_report_compares_over_the_above_chance_tasks_too():
         return {
             "tasks": {t: vars(s) for t, s in scores.items()},
             "fidelity": {"kl": 0.1, "top1_agreement": 0.9, "perplexity": 2.0},
-            "settings": {
-                "lm_eval_version": "0.4",
-                "backend": "hf",
-                "dtype": "float32",
-                "batch_size": 1,
-                "chat_template": False,
-                "seed": 0,
-            },
+            "settings": SETTINGS,
         }
 
     evals = {m: evaluation(df) for m, df in samples.items()}
