@@ -61,7 +61,10 @@ def main(argv: list[str]) -> None:
         key = run_key(tree_digest(model_dir), rows, template, cfg)
         store = PieceStore(Path(paths.scratch) / "distill" / name, key)
         run = generate_rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store, budgets)
-        out = apply_selection(rows, run.generations, template.kind == "math", cfg.leak_phrases, cfg.min_length_ratio)
+        math = template.kind == "math"
+        out = apply_selection(
+            rows, run.generations, math, cfg.leak_phrases, cfg.min_length_ratio, cfg.end_at_answer_line
+        )
         written = write_parquet(to_frame(out, DISTILLED), paths.distilled_file(name), DISTILLED)
         details = {
             **summarize(written, run),

@@ -14,6 +14,7 @@ from sdd.artifacts import atomic_path, write_json
 from sdd.config import load_params
 from sdd.errors import require
 from sdd.model import checkpoint, merging
+from sdd.model.card import merge_card, write_card
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> None:
             merging.merge(config, out)
             checkpoint.check_model_dir(out)  # config and weights agree (layer count)
             skeleton = merging.skeleton(out)
+            write_card(out, merge_card(params, name, recipe.method, recipe.models, recipe.model_dump()))
         info = {**checkpoint.summary(skeleton), "recipe": name, **recipe.model_dump(), "dtype": params.merge.dtype}
         write_json(params.paths.metrics_file("merge", name), info)
         write_json(

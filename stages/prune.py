@@ -16,6 +16,7 @@ from sdd.artifacts import atomic_path, read_json, write_json
 from sdd.config import load_params
 from sdd.errors import InputError
 from sdd.model import pruning
+from sdd.model.card import pruned_card, write_card
 from sdd.model.checkpoint import load_model, save_model
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -55,8 +56,6 @@ def main(argv: list[str]) -> None:
         params_after = sum(p.numel() for p in model.parameters())
         flops_before = pruning.flops_per_token(before, cfg.flops_context)
         flops_after = pruning.flops_per_token(model.config, cfg.flops_context)
-        with atomic_path(paths.model_dir("pruned")) as out:
-            save_model(model, tokenizer, out, params.base_model.dtype)
         metrics = {
             "removed_layers": removed,
             "start": start,
@@ -74,6 +73,9 @@ def main(argv: list[str]) -> None:
             "flops_formula": "forward: 2 * (decoder-layer matmul weights + LM head, once even if tied) + 2 * n_layer "
             "* n_ctx * d_attn, n_ctx = flops_context; the embedding is a lookup (Kaplan et al. 2020, Table 1)",
         }
+        with atomic_path(paths.model_dir("pruned")) as out:
+            save_model(model, tokenizer, out, params.base_model.dtype)
+            write_card(out, pruned_card(params, metrics))
         write_json(paths.metrics_file("prune"), metrics)
         headline = {k: metrics[k] for k in ("start", "n_layers", "params_reduction_pct", "flops_reduction_pct")}
         write_json(paths.headline_file("prune"), headline)

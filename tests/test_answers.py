@@ -197,3 +197,28 @@ def test_apply_selection_builds_distilled_rows():
     # general data: no answer check, so a different number is fine
     general = apply_selection(rows[1:], [[gen("#### 5")]], False, LEAKS)
     assert general[0]["selected"] == "distilled"
+
+
+def test_a_rewrite_ends_at_its_first_answer_line():
+    from sdd.data.answers import end_at_answer_line
+
+    loop = "She pays 3 x 6 = $18.\n#### 18\n\nThe shop earns $18.\n#### 18\n\nThe shop earns"
+    assert end_at_answer_line(loop) == "She pays 3 x 6 = $18.\n#### 18"
+    assert end_at_answer_line("#### Step 1\nAdd 2 and 2.\n#### 4\nagain") == "#### Step 1\nAdd 2 and 2.\n#### 4"
+    assert end_at_answer_line("2 + 2 = 4\n#### 4\n") is None  # nothing after it: unchanged
+    assert end_at_answer_line("no marker here") is None
+
+
+def test_selection_judges_a_looping_rewrite_without_its_loop():
+    from sdd.data.answers import apply_selection
+    from sdd.generate.engines import Generation
+
+    row = {"id": "r1", "instruction": "q", "context": "", "response": "3 x 6 = 18\n#### 18", "answer": "18"}
+    looping = Generation("The shop earns 3 x 6 = 18 dollars.\n#### 18\n\n#### 18\n\n#### 1", "length", 10, 40)
+    kept = apply_selection([row], [[looping]], True, [], 0.3, end_at_answer=True)[0]
+    assert (kept["selected"], kept["reason"], kept["finish_reason"]) == ("distilled", "accepted", "answer_line")
+    assert kept["response"] == "The shop earns 3 x 6 = 18 dollars.\n#### 18"
+    old = apply_selection([row], [[looping]], True, [], 0.3, end_at_answer=False)[0]
+    assert (old["selected"], old["reason"]) == ("original", "truncated")
+    general = apply_selection([row], [[looping]], False, [], 0.3, end_at_answer=True)[0]
+    assert general["reason"] == "truncated"  # only answer-checked (math) datasets are cut

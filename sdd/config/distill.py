@@ -32,5 +32,6 @@ class DistillParams(Section):
     chunk_size: int = Field(default=256, gt=0)
     leak_phrases: list[str] = list(DEFAULT_LEAK_PHRASES)
     min_length_ratio: float = Field(default=0.3, ge=0.0)
+    end_at_answer_line: bool = True  # math: a rewrite ends at its first "#### <number>" line (what follows is a loop)
     budget_ratio: float | None = Field(default=3.0, gt=0.0)
     budget_floor: int = Field(default=96, gt=0)

@@ -44,6 +44,8 @@ class ArmParams(Section):
     data: dict[str, ArmKind] = Field(min_length=1)
     objective: Objective = "sft"
     method: Method | None = None  # None: finetune.method
+    seed: int | None = None  # None: finetune.seed. Data order and LoRA init only (the validation split stays shared):
+    # the same arm under another seed is a replicate, for the between-seed spread
 
     @model_validator(mode="before")
     @classmethod
@@ -108,3 +110,8 @@ class FinetuneParams(Section):
     def training_settings(self) -> dict[str, Any]:
         """Everything an arm trains with except its data: identical for every arm by construction."""
         return self.model_dump(exclude={"arms"})
+
+    def arm_seed(self, arm: str) -> int:
+        """The seed of an arm's data order and LoRA init (its own, else the shared one)."""
+        own = self.arms[arm].seed
+        return self.seed if own is None else own

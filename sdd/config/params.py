@@ -32,12 +32,12 @@ MIRROR_ENV = "SDD_DATA_MIRROR"
 PARAMS_FILE = "params.yaml"
 
 
-def _unknown(key: str, names: list[str], known: dict) -> str | None:
+def _unknown(key: str, names: list[str], known: dict | list, where: str = "under `datasets`") -> str | None:
     missing = [n for n in names if n not in known]
     if not missing:
         return None
     hints = "".join(did_you_mean(n, known) for n in missing)
-    return f"{key} lists {missing}, which are not under `datasets`{hints}; known: {sorted(known)}"
+    return f"{key} lists {missing}, which are not {where}{hints}; known: {sorted(known)}"
 
 
 class Params(Section):
@@ -72,6 +72,13 @@ class Params(Section):
                 _unknown("distill.datasets", self.distill.datasets, self.datasets),
                 _unknown("layer_scores.datasets", self.layer_scores.datasets, self.datasets),
                 _unknown("speculate.prompts.datasets", self.speculate.prompts.datasets, self.datasets),
+                _unknown("teacher_logits.original", self.teacher_logits.original, self.datasets),
+                _unknown(
+                    "teacher_logits.distilled",
+                    self.teacher_logits.distilled,
+                    self.distill.datasets,
+                    "in distill.datasets",
+                ),
                 self._check_arms(),
                 self._check_report(),
                 self._check_pruning(),
@@ -97,13 +104,25 @@ class Params(Section):
                         f"finetune.arms.{arm}.data.{ds}: kind 'distilled' but {ds!r} is not in distill.datasets "
                         f"{list(self.distill.datasets)}; add it there or use kind 'original'"
                     )
+                if spec.objective == "kd":
+                    for need in {kind, "original"}:  # distilled arms also validate on the original's logits
+                        if ds not in getattr(self.teacher_logits, need):
+                            problems.append(
+                                f"finetune.arms.{arm} (objective kd) needs teacher logits of {ds}'s {need} "
+                                f"responses: add {ds!r} to teacher_logits.{need}"
+                            )
         return "; ".join(problems) or None
 
     def _check_report(self) -> str | None:
-        """report.baseline and report.compare must name models that evaluate.models lists."""
+        """report.baseline, report.compare and report.replicates must name models that evaluate.models lists."""
         models = self.evaluate.models
         named = [("report.baseline", self.report.baseline)] + [
             (f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair
+        ]
+        named += [
+            (f"report.replicates.{model}", name)
+            for model, others in self.report.replicates.items()
+            for name in [model, *others]
         ]
         problems = [
             f"{key}={name!r} is not in evaluate.models{did_you_mean(name, models)}"

@@ -1,10 +1,13 @@
 """Turn a params preset file into `dvc exp run -S key=value` flags.
 
-    dvc exp run $(python -m sdd.presets presets/leaderboard.yaml)
+    dvc exp run $(python -m sdd.config.presets presets/leaderboard.yaml)
 
 A preset is a YAML file shaped like params.yaml holding only the keys it changes; every leaf
 becomes one `-S dotted.key=value` flag (values as compact JSON, which YAML reads back), so the
 experiment records exactly what the preset changed and params.yaml itself stays untouched.
+A key params.yaml does not have (a new arm) becomes `-S +key=value` (DVC's Hydra syntax adds it
+only with `+`), and the preset's top-level `_delete: [dotted.key, ...]` becomes `-S ~key` (removes
+an entry, e.g. an arm the preset does not train).
 """
 
 from __future__ import annotations
@@ -16,28 +19,35 @@ from pathlib import Path
 import yaml
 
 
-def flags(preset: dict, prefix: str = "") -> list[str]:
-    out = []
+def flags(preset: dict, prefix: str = "", params: dict | None = None) -> list[str]:
+    """`-S` flags for a preset; `params` (the params.yaml it applies to) marks new keys with `+`
+    (None: every key is taken as existing)."""
+    out = [f for key in preset.get("_delete", []) if not prefix for f in ("-S", f"~{key}")]
     for key, value in preset.items():
+        if key == "_delete" and not prefix:
+            continue
         dotted = f"{prefix}{key}"
+        new = params is not None and key not in params
+        inner = None if params is None else params.get(key, {})
         if isinstance(value, dict) and value:
-            out += flags(value, f"{dotted}.")
+            out += flags(value, f"{dotted}.", inner if isinstance(inner, dict) else {})
         else:
             text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
             if any(c.isspace() for c in text):
                 raise ValueError(f"preset key {dotted}: value {text!r} has whitespace; it cannot pass through $(...)")
-            out += ["-S", f"{dotted}={text}"]
+            out += ["-S", f"{'+' if new else ''}{dotted}={text}"]
     return out
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        sys.exit("usage: python -m sdd.presets <preset.yaml>")
+        sys.exit("usage: python -m sdd.config.presets <preset.yaml>   (run in the project root: reads params.yaml)")
     path = Path(argv[0])
     if not path.is_file():
         sys.exit(f"{path} not found; presets live in presets/")
     preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    print(" ".join(flags(preset)))
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")) if Path("params.yaml").is_file() else None
+    print(" ".join(flags(preset, params=params or {})))
 
 
 if __name__ == "__main__":

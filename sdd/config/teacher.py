@@ -10,6 +10,11 @@ from sdd.config.base import Dtype, Section
 
 
 class TeacherLogitsParams(Section):
+    # Datasets whose original (`original`) / distilled (`distilled`) responses get teacher logits:
+    # one stage each. Every `objective: kd` arm's datasets must be listed (an arm on distilled data
+    # also reads the original's, for val_original_loss); [] skips the stages when no arm distils.
+    original: list[str] = ["gsm8k", "alpaca"]
+    distilled: list[str] = ["gsm8k", "alpaca"]
     top_k: int = Field(default=64, gt=0)
     dtype: Dtype = "float32"
     batch_tokens: int = Field(default=4096, gt=0)

@@ -14,7 +14,7 @@ where the task has a checkable answer, only when its final answer equals the ref
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -23,6 +23,7 @@ _MARKER = "####"  # GSM8k: the final answer follows the last one
 _ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 _CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/[1-9]\d*)?")
+_ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*)$", re.MULTILINE)
 
 
 def _boxed(text: str) -> str | None:
@@ -108,6 +109,22 @@ def gsm8k_answer(text: str) -> str | None:
     return None if stated is None else numeric_answer(stated)
 
 
+def end_at_answer_line(text: str) -> str | None:
+    """The solution up to and including its first `#### <number>` line, or None when it has no
+    such line or nothing follows it.
+
+    A GSM8k solution ends at that line (the dataset's format, and what the distillation template
+    asks for). Small models often go on repeating the solution until max_tokens; the text after the
+    answer line is not part of the solution, so the selection judges the solution without it.
+    A Markdown heading (`#### Step 2`) is not an answer line.
+    """
+    for line in _ANSWER_LINE.finditer(text):
+        if numeric_answer(line.group(1)) is not None:
+            rest = text[line.end() :]
+            return text[: line.end()] if rest.strip() else None
+    return None
+
+
 def extract_answer(text: str) -> str | None:
     r"""The final answer of a solution, normalised, or None when it states none.
 
@@ -174,6 +191,12 @@ def judge(candidate, reference_answer: str | None, leak_phrases, min_chars: int 
     return "accepted"
 
 
+def _ended(candidate):
+    """The candidate cut after its first final-answer line (unchanged without one)."""
+    cut = end_at_answer_line(candidate.text)
+    return candidate if cut is None else replace(candidate, text=cut, finish_reason="answer_line")
+
+
 def select(candidates: list, reference_answer: str | None, leak_phrases, min_chars: int = 0) -> Choice:
     """Keep the first acceptable rewrite; otherwise the original, with the first rewrite's reason.
 
@@ -189,16 +212,25 @@ def select(candidates: list, reference_answer: str | None, leak_phrases, min_cha
 
 
 def apply_selection(
-    rows: list[dict], generations: list[list], check_answers: bool, leak_phrases, min_length_ratio: float = 0.0
+    rows: list[dict],
+    generations: list[list],
+    check_answers: bool,
+    leak_phrases,
+    min_length_ratio: float = 0.0,
+    end_at_answer: bool = False,
 ) -> list[dict]:
     """Distilled rows: each prepared row plus its rewrite, the selected response and the reason.
 
     `generations[i]` holds row i's candidates (empty when it was not generated). With
     `check_answers` (math datasets) a rewrite must reproduce the row's `answer`; every rewrite
     must be at least `min_length_ratio` times as long (in characters) as the original response.
+    With `end_at_answer` (and `check_answers`) a rewrite ends at its first `#### <number>` line
+    (`end_at_answer_line`; its finish_reason becomes "answer_line"), before it is judged.
     """
     out = []
     for row, candidates in zip(rows, generations, strict=True):
+        if end_at_answer and check_answers:
+            candidates = [_ended(c) for c in candidates]
         reference = row.get("answer") if check_answers else None
         choice = select(candidates, reference, leak_phrases, int(min_length_ratio * len(row["response"].strip())))
         shown = candidates[choice.candidate if choice.candidate is not None else 0] if candidates else None

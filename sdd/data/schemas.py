@@ -39,7 +39,7 @@ REJECTED = pa.DataFrameSchema(
 SELECTED = ("distilled", "original")
 # Why each distilled row kept its response (sdd/data/answers.py `judge` returns one of these).
 REASONS = ("accepted", "empty", "truncated", "leak", "too_short", "no_answer", "wrong_answer", "prompt_too_long")
-FINISH_REASONS = ("stop", "length", "not_generated")
+FINISH_REASONS = ("stop", "length", "answer_line", "not_generated")  # answer_line: cut after "#### N"
 
 DISTILLED = pa.DataFrameSchema(
     {
@@ -55,7 +55,7 @@ DISTILLED = pa.DataFrameSchema(
     strict=True,
     ordered=True,
     name="distilled",
-    metadata={"version": 2},  # 2: reason and finish_reason restricted to known values
+    metadata={"version": 3},  # 2: reason and finish_reason restricted to known values; 3: answer_line
 )
 
 # One row per evaluated item and model (evaluate@<model>); the report pairs rows of two models on

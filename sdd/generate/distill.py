@@ -1,7 +1,7 @@
 """Self-data distillation runs: generate rewrites chunk by chunk (resumable), then select.
 
     run = generate_rewrites(cfg, model_dir, prompts, row_ids, fits, store)   # chunks saved as they finish
-    rows = apply_selection(rows, run.generations, check_answers, cfg.leak_phrases, cfg.min_length_ratio)
+    rows = apply_selection(rows, run.generations, check_answers, cfg.leak_phrases, cfg.min_length_ratio, True)
 
 The engine is built on first use, so a fully resumed run starts none; it is always shut down
 before returning. Timings separate the engine start from generation.
@@ -175,6 +175,7 @@ def summarize(df, run: Rewrites) -> dict:
         "prompt_tokens": int(df["prompt_tokens"].sum()),
         "generated_tokens": int(df["generated_tokens"].sum()),
         "truncated": int((df["finish_reason"] == "length").sum()),
+        "ended_at_answer_line": int((df["finish_reason"] == "answer_line").sum()),
         "engine_start_seconds": round(run.engine_start_seconds, 2),
         "generation_seconds": round(gen, 2),
         "generated_tokens_this_run": run.generated_tokens,

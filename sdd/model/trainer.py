@@ -28,6 +28,7 @@ from sdd.config.finetune import ArmParams
 from sdd.config.paths import Paths
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.model import training as ft
+from sdd.model.card import Card, dataset_ids, how_of, lineage, write_card
 from sdd.model.checkpoint import load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def resolved(
     """(the arm, the TrainingArguments) exactly as training uses them."""
     cfg = params.finetune
     steps = ft.total_steps(cfg, train_examples, world_size)
-    return cfg.arms[arm], ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size, steps)
+    seeded = cfg.model_copy(update={"seed": cfg.arm_seed(arm)})  # the arm's replicate seed, if any
+    return cfg.arms[arm], ft.training_arguments(seeded, str(run_dir / "checkpoints"), dev, world_size, steps)
 
 
 def teacher_lookup(paths: Paths, data: Mapping[str, str]) -> Any:
@@ -124,6 +126,43 @@ def teacher_lookup(paths: Paths, data: Mapping[str, str]) -> Any:
     stores = [TeacherStore.open(paths.teacher_dir(ds, kind), teacher_producer(ds, kind)) for ds, kind in data.items()]
     by_id = {row: store for store in stores for row in store.index}
     return lambda ex: (by_id.get(ex["id"]) or stores[0]).get(ex["id"])
+
+
+def arm_card(params: Params, arm: str, method: str, metrics: dict, args: Any) -> Card:
+    """The model card of a trained arm: its pruned parent's lineage, then how it was trained."""
+    cfg, spec = params.finetune, params.finetune.arms[arm]
+    base_ids, licence = lineage(params)
+    data = ", ".join(f"{ds} ({kind} responses)" for ds, kind in spec.data.items())
+    if method == "lora":
+        how = f"LoRA rank {cfg.lora.rank}, alpha {cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}, merged"
+    elif method == "last_layers":
+        how = f"last {cfg.last_layers.n} decoder layers, final norm and LM head trained in full"
+    else:
+        how = "every weight trained"
+    objective = (
+        f"logit distillation from the base model's top-{params.teacher_logits.top_k} log-probs "
+        f"(alpha {cfg.kd.alpha}, T {cfg.kd.temperature})"
+        if spec.objective == "kd"
+        else "cross-entropy on the response tokens"
+    )
+    batch = cfg.batch_size * cfg.grad_accum * metrics["num_processes"]
+    return Card(
+        f"{arm}: recovery fine-tuning of a pruned model",
+        base_ids,
+        dataset_ids(params, list(spec.data)),
+        [
+            *how_of(params.paths.model_dir("pruned")),
+            f"Recovery arm `{arm}`: {data}; self-distilled responses are the base model's own rewrites, "
+            "answer-checked for math",
+            f"Objective: {objective}; method: {how}",
+            f"{metrics['steps']} optimizer steps ({metrics['epochs']} epochs over {metrics['train_rows']} rows), "
+            f"effective batch {batch}, {metrics['tokens_seen']:,} tokens, lr {cfg.learning_rate} {cfg.schedule}, "
+            f"seed {metrics['seed']}, bf16 {args.bf16}",
+            f"Validation loss {metrics['val_loss']} ({metrics['val_rows']} held-out rows)",
+        ],
+        licence,
+        ["recovery", spec.objective, method],
+    )
 
 
 def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) -> dict:
@@ -160,7 +199,9 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
             evals["val_original"] = ft.attach_teacher(evals["val_original"], original)
         collator, extra = ft.WithTeacher(collator), {"kd": cfg.kd}
 
-    set_seed(cfg.seed)  # the LoRA init draws from torch's RNG, before the Trainer seeds it: two runs must start equal
+    set_seed(
+        cfg.arm_seed(arm)
+    )  # the LoRA init draws from torch's RNG, before the Trainer seeds it: two runs must start equal
     model = ft.apply_method(model, cfg, method)
     resume = ft.last_complete_checkpoint(Path(args.output_dir))
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -187,6 +228,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "data": data,
         "objective": spec.objective,
         "method": method,
+        "seed": cfg.arm_seed(arm),
         **ft.trainable_summary(model),
         "batching": cfg.batching,
         "num_processes": world_size,
@@ -219,6 +261,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         else:
             merged = trained
         save_model(merged, tok, tmp, cfg.save_dtype)
+        write_card(tmp, arm_card(params, arm, method, metrics, args))
     with atomic_path(Path(paths.metrics) / "finetune" / arm) as tmp:  # dvc.yaml declares it as plots
         shutil.copytree(run_dir / "live" / "plots" / "metrics", tmp)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)

@@ -1,0 +1,113 @@
+"""Hugging Face model cards (`README.md` with YAML metadata) for the models the pipeline writes.
+
+    card = Card("Pruned SmolLM2", base_model=base_model_id(params), datasets=[], how=["Layers 12-17 removed"])
+    write_card(model_dir, card)          # inside the stage's atomic output folder
+
+The stage that makes a model writes its card (prune, finetune@<arm>, merge@<recipe>): how it was
+made, from the stage's own params and measurements. Evaluation results are not in these cards (the
+evaluation runs later, in other stages); `report` writes publishable cards with `model-index`
+results under `reports/cards/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sdd.config import Params
+from sdd.model.source import BUNDLED, local_dir
+
+TAGS = ["sdd-prune", "pruned", "layer-pruning"]
+
+
+@dataclass(frozen=True)
+class Card:
+    title: str
+    base_model: list[str]  # hub ids (empty: a local model)
+    datasets: list[str]  # hub ids of the training data (empty: none, or local files)
+    how: list[str]  # Markdown bullets: how the model was made
+    license: str = "other"
+    tags: list[str] = field(default_factory=list)
+
+    def metadata(self) -> dict:
+        meta: dict = {"license": self.license, "library_name": "transformers", "pipeline_tag": "text-generation"}
+        if self.base_model:
+            meta["base_model"] = self.base_model[0] if len(self.base_model) == 1 else list(self.base_model)
+        if self.datasets:
+            meta["datasets"] = list(self.datasets)
+        meta["tags"] = [*TAGS, *self.tags]
+        return meta
+
+    def render(self, results: list[dict] | None = None) -> str:
+        """The card text; `results` adds lm-eval-style `model-index` entries (publishable cards)."""
+        meta = self.metadata()
+        if results:
+            meta["model-index"] = [{"name": self.title, "results": results}]
+        licence_note = (
+            "\nThe licence is the base model's; check its terms before publishing.\n" if self.license == "other" else ""
+        )
+        bullets = "\n".join(f"- {line}" for line in self.how)
+        return (
+            f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# {self.title}\n\n"
+            f"Made by the sdd-prune pipeline (layer pruning + recovery, after Thangarasa et al. 2024, "
+            f"arXiv:2410.09982).\n\n## How it was made\n\n{bullets}\n{licence_note}"
+        )
+
+
+def lineage(params: Params) -> tuple[list[str], str]:
+    """(the base model's hub id, or none for a local folder; its licence when known, else "other")."""
+    source = params.base_model.source
+    bundled = BUNDLED.get(source.removeprefix("bundled:")) if source.startswith("bundled:") else None
+    if bundled:
+        return [bundled.hub_id], bundled.license
+    return ([] if local_dir(source) else [source]), "other"
+
+
+def dataset_ids(params: Params, names: list[str]) -> list[str]:
+    """Hub ids of these `datasets` entries (local files are not hub datasets and are left out)."""
+    sources = [params.datasets[name].source for name in names]
+    return [s for s in sources if not Path(s).suffix and s.count("/") == 1]
+
+
+def pruned_card(params: Params, metrics: dict) -> Card:
+    """The pruned model's card, from the prune stage's metrics."""
+    base_ids, licence = lineage(params)
+    removed, before = metrics["removed_layers"], metrics["num_layers_before"]
+    how = [
+        f"Base model: `{params.base_model.source}` ({before} decoder layers), saved as {params.base_model.dtype}",
+        f"Pruned: decoder layers {removed[0]}-{removed[-1]} removed ({len(removed)} of {before}), "
+        f"block chosen by {metrics['start_chosen_by']}",
+        f"Parameters {metrics['parameters_before']:,} -> {metrics['parameters_after']:,}; forward FLOPs per token "
+        f"-{metrics['flops_reduction_pct']}%",
+        "No training after pruning",
+    ]
+    name = base_ids[0].split("/")[-1] if base_ids else "model"
+    return Card(f"{name} pruned to {metrics['num_layers_after']} layers", base_ids, [], how, licence)
+
+
+def merge_card(params: Params, name: str, method: str, models: list[str], recipe: dict) -> Card:
+    """A merged model's card: the recipe, then each input's own lineage (replaces mergekit's card)."""
+    base_ids, licence = lineage(params)
+    settings = {k: v for k, v in recipe.items() if k not in ("models", "method") and v is not None}
+    how = [f"{method.upper()} merge (mergekit) of {', '.join(models)}; {settings}"]
+    for model in models:
+        how += [f"`{model}`: {line}" for line in how_of(params.paths.model_dir(model))]
+    return Card(f"{name}: merge of recovered models", base_ids, [], how, licence, ["merge", "mergekit", method])
+
+
+def how_of(model_dir: Path) -> list[str]:
+    """The "How it was made" bullets of the card in a model folder (empty without one): a
+    fine-tuned model's card repeats its pruned parent's."""
+    path = Path(model_dir) / "README.md"
+    if not path.is_file() or "## How it was made" not in (text := path.read_text()):
+        return []
+    section = text.split("## How it was made", 1)[1].split("\n## ", 1)[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def write_card(model_dir: Path, card: Card) -> Path:
+    path = Path(model_dir) / "README.md"
+    path.write_text(card.render())
+    return path
