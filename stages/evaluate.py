@@ -5,7 +5,8 @@
 Writes `<paths.metrics>/evaluate/<name>.headline.json` (average, KL, top-1 agreement),
 `<paths.metrics>/evaluate/<name>.json` (score and stderr per task, fidelity, and every setting
 behind the numbers: lm-eval version, backend, shots, limits, splits, few-shot source) and
-`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES). Fidelity is measured on
+`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES), `<paths.eval>/<name>.fidelity.parquet`
+(one row per fidelity prompt: tokens and sums, for paired comparisons). Fidelity is measured on
 the reference's continuations from `<paths.eval>/fidelity.reference.parquet` (stage
 fidelity_reference). Each finished task is
 checkpointed under `<paths.scratch>/evaluate/<name>/`, keyed by the model's bytes, the settings and
@@ -52,6 +53,8 @@ def main(argv: list[str]) -> None:
         fid, root = cfg.fidelity, Path(paths.models)
         table = reference.to_dict("records")
         measured = fidelity.against_reference(model_dir, model, tokenizer, fid, root, cfg.dtype, dev, table)
+        per_prompt = to_frame(measured.pop("per_prompt"), fidelity.FIDELITY_PER_PROMPT)
+        write_parquet(per_prompt, fidelity.per_prompt_file(paths.eval, name), fidelity.FIDELITY_PER_PROMPT)
         metrics = {
             "model": name,
             "model_dir": str(model_dir),

@@ -3,7 +3,8 @@
     python -m stages.report        (dvc.yaml: report)
 
 Reads, for every model in evaluate.models, `<paths.metrics>/evaluate/<model>.json` (scores, and
-the model's config: its own parameters and FLOPs) and `<paths.eval>/<model>.parquet`; then
+the model's config), `<paths.eval>/<model>.parquet` and `<model>.fidelity.parquet` (paired CIs,
+seed-averaged over `report.replicates`); then
 `<paths.metrics>/prune/prune.json` (reductions, flops_context) and, where they exist,
 `<paths.metrics>/speculate/<draft>.json` and `<paths.metrics>/layer_scores/scores.json` (which
 block each metric picks). Writes `<paths.reports>/recovery.md`, `<paths.metrics>/report/report.json`
@@ -22,6 +23,7 @@ import pandas as pd
 from sdd.artifacts import atomic_path, read_json, read_parquet, write_json
 from sdd.config import load_params
 from sdd.data.schemas import EVAL_SAMPLES
+from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
 from sdd.eval.report import headline, markdown, plot_rows, summarise, sweep_rows
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -44,17 +46,20 @@ def main(argv: list[str]) -> None:
             name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
             for name in params.evaluate.models
         }
+        fid = {  # per-prompt fidelity (absent in evaluations made before it was recorded)
+            n: read_parquet(f, FIDELITY_PER_PROMPT, f"evaluate@{n}")
+            for n in params.evaluate.models
+            if (f := per_prompt_file(paths.eval, n)).is_file()
+        }
         configs = {name: ev["config"] for name, ev in evals.items() if "config" in ev}  # evaluate@ records them
         prune_file = paths.metrics_file("prune")
         prune = read_json(prune_file) if prune_file.is_file() else None
         if prune is None:
             log.warning("%s not found: no pruning line, FLOPs with n_ctx = 0", prune_file)
-        speculate_dir = Path(paths.metrics) / "speculate"
-        speculate = {
-            f.stem: read_json(f) for f in sorted(speculate_dir.glob("*.json")) if not f.name.endswith(".headline.json")
-        }
-        scores_file = paths.metrics_file("layer_scores", "scores")
-        layer_scores = read_json(scores_file) if scores_file.is_file() else None
+        drafts = sorted((Path(paths.metrics) / "speculate").glob("*.json"))
+        speculate = {f.stem: read_json(f) for f in drafts if not f.name.endswith(".headline.json")}
+        scores = paths.metrics_file("layer_scores", "scores")
+        layer_scores = read_json(scores) if scores.is_file() else None
         result = summarise(
             evals,
             samples,
@@ -67,17 +72,17 @@ def main(argv: list[str]) -> None:
             speculate=speculate,
             layer_scores=layer_scores,
             configs=configs,
+            fidelity=fid,
+            replicates=cfg.replicates,
         )
         text = markdown(result)
         with atomic_path(paths.report_file("recovery.md")) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        recovery_rows, task_rows = plot_rows(result)
-        write_csv(recovery_rows, paths.report_file("plots/recovery.csv"))
-        write_csv(task_rows, paths.report_file("plots/tasks.csv"))
-        write_csv(sweep_rows(result), paths.report_file("plots/sweep.csv"))
-        write_json(paths.metrics_file("report"), {"models": result["models"], "comparisons": result["comparisons"]})
+        for plot, rows in zip(("recovery", "tasks", "sweep"), (*plot_rows(result), sweep_rows(result)), strict=True):
+            write_csv(rows, paths.report_file(f"plots/{plot}.csv"))
+        details = ("models", "comparisons", "above_chance_tasks")
+        write_json(paths.metrics_file("report"), {k: result[k] for k in details})
         write_json(paths.headline_file("report"), headline(result))
-        log.info("recovery table:\n%s", text)
         summary.update(models=len(evals), comparisons=len(result["comparisons"]))
 
 

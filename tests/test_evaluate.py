@@ -4,6 +4,7 @@ writes (all six tasks, hub schema); fidelity metrics on identical and perturbed 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 import torch
 import yaml
 
+from sdd.artifacts import to_frame
 from sdd.eval.fidelity import compare, pad_id, reference_sequences, reference_table, render_prompts, stored_batches
+from sdd.eval.per_prompt import FIDELITY_PER_PROMPT
 
 from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc, save_tiny
 
@@ -375,6 +378,14 @@ def test_fidelity_identical_is_zero_and_perturbed_is_positive(tokenizer):
     assert moved["kl"] > 1e-3 and moved["top1_agreement"] < 1.0
     # greedy text is the reference's argmax: its own perplexity is lower than the perturbed model's
     assert moved["perplexity"] > same["reference_perplexity"]
+    # per prompt: the sums the token-weighted means are made of (what paired CIs resample)
+    rows = moved["per_prompt"]
+    assert len(rows) == 2 and sum(r["tokens"] for r in rows) == moved["tokens"]
+    assert sum(r["kl_sum"] for r in rows) / moved["tokens"] == pytest.approx(moved["kl"])
+    assert sum(r["top1_sum"] for r in rows) / moved["tokens"] == pytest.approx(moved["top1_agreement"])
+    assert math.exp(sum(r["nll_sum"] for r in rows) / moved["tokens"]) == pytest.approx(moved["perplexity"])
+    framed = to_frame(rows, FIDELITY_PER_PROMPT)
+    assert FIDELITY_PER_PROMPT.validate(framed) is not None
 
 
 def test_stored_continuations_rebuild_the_generated_batches_exactly(tokenizer, tmp_path):

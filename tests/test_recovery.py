@@ -278,3 +278,114 @@ def test_report_compares_over_the_above_chance_tasks_too():
     text = report.markdown(summary)
     assert "over the tasks the baseline is above chance on (arc_challenge)" in text
     assert "above_chance_difference" in report.headline(summary)["a-b"]
+
+
+def fidelity_frame(kl: list[float], top1: list[float], nll: list[float], tokens: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt_set": ["p"] * len(kl),
+            "id": [str(i) for i in range(len(kl))],
+            "tokens": tokens,
+            "kl_sum": kl,
+            "top1_sum": top1,
+            "nll_sum": nll,
+            "ref_nll_sum": nll,
+        }
+    )
+
+
+def test_paired_fidelity_bootstrap_has_the_token_weighted_difference_and_a_paired_ci():
+    tokens = [10, 30, 20, 40, 50, 10]
+    a = fidelity_frame([1, 3, 2, 4, 5, 1], [9, 27, 18, 36, 45, 9], [5, 15, 10, 20, 25, 5], tokens)
+    # b: every prompt's KL sum higher by exactly 0.5 per token, agreement lower by 0.1 per token
+    b = fidelity_frame(
+        [k + 0.5 * t for k, t in zip([1, 3, 2, 4, 5, 1], tokens)],
+        [x - 0.1 * t for x, t in zip([9, 27, 18, 36, 45, 9], tokens)],
+        [5, 15, 10, 20, 25, 5],
+        tokens,
+    )
+    out = stats.paired_fidelity_bootstrap(a, b, iterations=400, confidence=0.95, seed=0)
+    assert out["kl"]["a"] == pytest.approx(16 / 160) and out["kl"]["difference"] == pytest.approx(-0.5)
+    # a constant per-token shift survives every resample: the paired CI collapses onto it
+    assert out["kl"]["ci_low"] == pytest.approx(-0.5) and out["kl"]["ci_high"] == pytest.approx(-0.5)
+    assert out["top1_agreement"]["difference"] == pytest.approx(0.1)
+    assert out["perplexity"]["a"] == pytest.approx(math.exp(0.5)) and out["perplexity"]["difference"] == 0
+    assert out["kl"]["prompts"] == 6
+    # unpaired noise: the CI is wide and covers the true difference 0
+    rng = np.random.default_rng(1)
+    noisy = [fidelity_frame(list(rng.random(60) * 20), [5.0] * 60, [5.0] * 60, [20] * 60) for _ in range(2)]
+    wide = stats.paired_fidelity_bootstrap(*noisy, iterations=1000, confidence=0.95, seed=0)["kl"]
+    assert wide["ci_low"] < wide["difference"] < wide["ci_high"] and wide["ci_high"] - wide["ci_low"] > 0.1
+    with pytest.raises(stats.InputError, match="share 0 fidelity prompts"):
+        stats.paired_fidelity_bootstrap(a, b.assign(prompt_set="q"), 100, 0.95, 0)
+
+
+def test_mean_over_seeds_averages_each_item_over_the_replicates():
+    one = table([("arc", "arc", 0, 1.0, 0.25), ("arc", "arc", 1, 0.0, 0.25), ("arc", "arc", 2, 1.0, 0.25)])
+    two = table([("arc", "arc", 0, 0.0, 0.25), ("arc", "arc", 1, 0.0, 0.25)])  # item 2 missing
+    mean = stats.mean_over_seeds([one, two], ["task", "subtask", "doc_id"], ["score"])
+    assert mean.sort_values("doc_id")["score"].tolist() == [0.5, 0.0]
+    assert stats.mean_over_seeds([one], ["task", "subtask", "doc_id"], ["score"]) is one
+
+
+def test_a_difference_is_claimed_only_beyond_both_the_ci_and_the_seed_spread():
+    def comparison(diff, low, high, a, b):
+        return {
+            "difference": diff,
+            "ci_low": low,
+            "ci_high": high,
+            "seeds": {"a": ["a"] * len(a), "b": ["b"] * len(b)},
+            "seed_spread": {"average": report._spread(a, b)},
+        }
+
+    shown = report.verdict(comparison(0.03, 0.01, 0.05, [0.30, 0.31], [0.27, 0.275]))
+    assert shown["claim"] == "a > b" and shown["seed_range"] == pytest.approx(0.01)
+    within_seeds = report.verdict(comparison(0.03, 0.01, 0.05, [0.30, 0.35], [0.27, 0.30]))
+    assert within_seeds["claim"] == "no difference shown" and within_seeds["ci_excludes_zero"]
+    assert report.verdict(comparison(-0.03, -0.05, 0.01, [0.30, 0.31], [0.33, 0.335]))["claim"] == "no difference shown"
+    single = report.verdict(comparison(-0.03, -0.05, -0.01, [0.30], [0.33]))
+    assert single["claim"].startswith("a < b (one seed") and single["seed_range"] is None
+
+
+def test_report_pairs_seed_averaged_replicates_and_their_fidelity():
+    rng = np.random.default_rng(0)
+
+    def frame(p: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"task": "arc_challenge", "subtask": "arc_challenge", "doc_id": i, "score": float(rng.random() < p)}
+                | {"chance": 0.25}
+                for i in range(300)
+            ]
+        )
+
+    samples = {"base": frame(0.6), "a": frame(0.55), "a_s1": frame(0.56), "b": frame(0.45), "b_s1": frame(0.44)}
+    kl = {"base": 0.0, "a": 0.2, "a_s1": 0.25, "b": 0.4, "b_s1": 0.45}
+    fid = {m: fidelity_frame([k * 10] * 40, [8.0] * 40, [5.0] * 40, [10] * 40) for m, k in kl.items()}
+    evals = {
+        m: {
+            "tasks": {
+                t: vars(s) | {"shots": 0, "limit": 300, "fewshot_split": "x"} for t, s in stats.task_scores(df).items()
+            },
+            "fidelity": {"kl": kl[m], "top1_agreement": 0.8, "perplexity": 1.6},
+            "settings": SETTINGS,
+        }
+        for m, df in samples.items()
+    }
+    summary = report.summarise(
+        evals, samples, "base", [("a", "b")], 500, 0.95, 0, fidelity=fid, replicates={"a": ["a_s1"], "b": ["b_s1"]}
+    )
+    pair = summary["comparisons"]["a-b"]
+    mean = lambda *ms: np.mean([samples[m]["score"].mean() for m in ms])  # noqa: E731
+    assert pair["difference"] == pytest.approx(mean("a", "a_s1") - mean("b", "b_s1"))
+    assert pair["seeds"] == {"a": ["a", "a_s1"], "b": ["b", "b_s1"]}
+    assert pair["fidelity"]["kl"]["difference"] == pytest.approx(0.225 - 0.425)
+    spread = pair["seed_spread"]["average"]
+    assert spread["range"] == pytest.approx(max(abs(mean("a") - mean("a_s1")), abs(mean("b") - mean("b_s1"))))
+    assert pair["verdict"]["claim"] == "a > b" and pair["verdict"]["scope"] == "above_chance"
+    text = report.markdown(summary)
+    assert (
+        "seed-averaged per item: `a`, `a_s1` vs `b`, `b_s1`" in text
+        and "**verdict (above-chance average)**: a > b" in text
+    )
+    assert "fidelity, a − b over 40 paired prompts" in text

@@ -14,6 +14,7 @@ argue it from this shift, SDFT, Yang et al. 2024, measure it). Values in, values
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from sdd.data import sources
 from sdd.data.adapters import adapt_rows, sample
 from sdd.data.chat import prompt_text
 from sdd.errors import InputError
-from sdd.model.logits import kl_per_token, masked_mean, position_ids, top1_agreement
+from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file  # noqa: F401 (re-exported)
+from sdd.model.logits import kl_per_token, position_ids, top1_agreement
 
 REFERENCE_FILE = "fidelity.reference.parquet"  # under paths.eval (a dot: no model can be named so)
 
@@ -105,36 +107,45 @@ def _logits(model, batch: Continuations) -> torch.Tensor:
     return out.logits[:, batch.prompt_width - 1 : -1].float().cpu()
 
 
-def compare(reference, model, batches: list[Continuations]) -> dict:
-    """Token-weighted KL, top-1 agreement and model perplexity over all continuation tokens."""
-    totals = {"kl": 0.0, "top1": 0.0, "nll": 0.0, "ref_nll": 0.0}
-    tokens = 0
+def compare(reference, model, batches: list[Continuations], ids: list[tuple[str, str]] | None = None) -> dict:
+    """Token-weighted KL, top-1 agreement and model perplexity over all continuation tokens, and
+    `per_prompt`: each prompt's token count and sums (`ids`: its (prompt set, id), in batch order),
+    the unit a paired bootstrap resamples (`sdd.eval.stats.paired_ratio_bootstrap`)."""
+    per_prompt: list[dict] = []
+    names = iter(ids) if ids is not None else None
     for batch in batches:
         ref = _logits(reference, batch)
         mod = ref if model is reference else _logits(model, batch)
         targets = batch.input_ids[:, batch.prompt_width :].cpu()
-        mask = batch.continuation[:, batch.prompt_width :].cpu()
-        count = int(mask.sum())
-        if count == 0:
-            continue
+        mask = batch.continuation[:, batch.prompt_width :].cpu().double()
         nll = -torch.log_softmax(mod, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         ref_nll = -torch.log_softmax(ref, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        totals["kl"] += masked_mean(kl_per_token(ref, mod), mask) * count
-        totals["top1"] += masked_mean(top1_agreement(ref, mod), mask) * count
-        totals["nll"] += masked_mean(nll, mask) * count
-        totals["ref_nll"] += masked_mean(ref_nll, mask) * count
-        tokens += count
+        sums = {
+            "kl_sum": (kl_per_token(ref, mod).double() * mask).sum(dim=1),
+            "top1_sum": (top1_agreement(ref, mod).double() * mask).sum(dim=1),
+            "nll_sum": (nll.double() * mask).sum(dim=1),
+            "ref_nll_sum": (ref_nll.double() * mask).sum(dim=1),
+        }
+        for i, count in enumerate(mask.sum(dim=1).tolist()):
+            prompt_set, row_id = next(names) if names is not None else ("", str(len(per_prompt)))
+            per_prompt.append(
+                {"prompt_set": prompt_set, "id": row_id, "tokens": int(count)}
+                | {k: float(v[i]) for k, v in sums.items()}
+            )
+    tokens = sum(p["tokens"] for p in per_prompt)
     if tokens == 0:
         raise InputError(
             "the reference model produced no continuation tokens to compare on; raise evaluate.fidelity.max_new_tokens"
         )
+    total = {k: sum(p[k] for p in per_prompt) for k in ("kl_sum", "top1_sum", "nll_sum", "ref_nll_sum")}
     return {
-        "kl": totals["kl"] / tokens,
-        "top1_agreement": totals["top1"] / tokens,
-        "perplexity": float(torch.exp(torch.tensor(totals["nll"] / tokens))),
-        "reference_perplexity": float(torch.exp(torch.tensor(totals["ref_nll"] / tokens))),
+        "kl": total["kl_sum"] / tokens,
+        "top1_agreement": total["top1_sum"] / tokens,
+        "perplexity": math.exp(total["nll_sum"] / tokens),
+        "reference_perplexity": math.exp(total["ref_nll_sum"] / tokens),
         "tokens": tokens,
-        "prompts": sum(len(b.input_ids) for b in batches),
+        "prompts": len(per_prompt),
+        "per_prompt": per_prompt,
     }
 
 
@@ -210,7 +221,8 @@ def against_reference(
     reference_dir = models_root / cfg.reference
     same = Path(model_dir).resolve() == reference_dir.resolve()
     reference = model if same else load_model(reference_dir, dtype, dev)[0]
-    measured = compare(reference, model, stored_batches(table, pad_id(tokenizer), cfg.batch_size))
+    ids = [(r["prompt_set"], r["id"]) for r in table]
+    measured = compare(reference, model, stored_batches(table, pad_id(tokenizer), cfg.batch_size), ids)
     return {
         **measured,
         "reference": str(reference_dir),

@@ -36,8 +36,12 @@ def summarise(
     speculate: dict[str, dict] | None = None,
     layer_scores: dict | None = None,
     configs: dict[str, dict] | None = None,
+    fidelity: dict[str, pd.DataFrame] | None = None,
+    replicates: dict[str, list[str]] | None = None,
 ) -> dict:
-    """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame; layer_scores:
+    """evals: model -> evaluate metrics JSON; samples: model -> EVAL_SAMPLES frame; fidelity: model ->
+    its per-prompt fidelity frame (paired fidelity CIs); replicates: model -> the same arm under other
+    seeds (a comparison pairs the seed-averaged models and reports the between-seed spread); layer_scores:
     the layer_scores stage's scores.json (which block each metric picks, and how well it predicts KL);
     configs: model -> its config.json contents, from which each model's own unique parameters and
     forward FLOPs per token are computed (n_ctx = prune's flops_context, 0 without prune)."""
@@ -81,15 +85,15 @@ def summarise(
         if speculate and name in speculate:
             row["speculate"] = {k: speculate[name].get(k) for k in SPECULATE_KEYS + ("k", "temperature")}
         models[name] = row
-    comparisons = {}
-    for a, b in compare:
-        if a in samples and b in samples:
-            comparisons[f"{a}-{b}"] = stats.paired_bootstrap(samples[a], samples[b], bootstrap, confidence, seed)
-            if above:
-                on_a, on_b = (samples[m][samples[m]["task"].isin(above)] for m in (a, b))
-                comparisons[f"{a}-{b}"]["above_chance"] = stats.paired_bootstrap(
-                    on_a, on_b, bootstrap, confidence, seed
-                )
+    comparisons = {
+        f"{a}-{b}": compared
+        for a, b in compare
+        if (
+            compared := _compare(
+                a, b, models, samples, fidelity or {}, replicates or {}, above, bootstrap, confidence, seed
+            )
+        )
+    }
     settings = evals[baseline]["settings"]
     order = [t for t in EVAL_TASK_TITLES if t in base] + sorted(set(base) - set(EVAL_TASK_TITLES))
     return {
@@ -108,6 +112,88 @@ def summarise(
             "limit": {t: v["limit"] for t, v in evals[baseline]["tasks"].items()},
             "fewshot_split": {t: v["fewshot_split"] for t, v in evals[baseline]["tasks"].items()},
         },
+    }
+
+
+ITEM_KEYS = ["task", "subtask", "doc_id"]
+FIDELITY_KEYS = ["prompt_set", "id"]
+FIDELITY_SUMS = ["tokens", "kl_sum", "top1_sum", "nll_sum"]
+
+
+def _compare(
+    a: str,
+    b: str,
+    models: dict,
+    samples: dict[str, pd.DataFrame],
+    fidelity: dict[str, pd.DataFrame],
+    replicates: dict[str, list[str]],
+    above: list[str],
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> dict | None:
+    """One comparison a - b: paired bootstrap CIs over items (all tasks, above-chance tasks) and over
+    fidelity prompts, on the seed-averaged models when replicates exist, with the between-seed spread
+    and the verdict. None when a model of either side was not evaluated."""
+    groups = {side: [name, *replicates.get(name, [])] for side, name in (("a", a), ("b", b))}
+    if not all(m in samples for m in groups["a"] + groups["b"]):
+        return None
+    pooled = {k: stats.mean_over_seeds([samples[m] for m in g], ITEM_KEYS, ["score"]) for k, g in groups.items()}
+    out = stats.paired_bootstrap(pooled["a"], pooled["b"], bootstrap, confidence, seed)
+    if above:
+        on = {k: f[f["task"].isin(above)] for k, f in pooled.items()}
+        out["above_chance"] = stats.paired_bootstrap(on["a"], on["b"], bootstrap, confidence, seed)
+    if all(m in fidelity for m in groups["a"] + groups["b"]):
+        fid = {
+            k: stats.mean_over_seeds([fidelity[m] for m in g], FIDELITY_KEYS, FIDELITY_SUMS) for k, g in groups.items()
+        }
+        out["fidelity"] = stats.paired_fidelity_bootstrap(fid["a"], fid["b"], bootstrap, confidence, seed)
+    out["seeds"] = groups
+    out["seed_spread"] = {
+        key: _spread([models[m][key] for m in groups["a"]], [models[m][key] for m in groups["b"]])
+        for key in ("average", "average_above_chance")
+        if all(models[m].get(key) is not None for m in groups["a"] + groups["b"])
+    }
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _spread(a: list[float], b: list[float]) -> dict:
+    """Between-seed spread of a and b: each side's values, the larger of their ranges, and the
+    differences seed by seed (a_i - b_i)."""
+    return {
+        "a": a,
+        "b": b,
+        "range": max(max(a) - min(a), max(b) - min(b)),
+        "per_seed_differences": [x - y for x, y in zip(a, b, strict=False)],
+    }
+
+
+def verdict(comparison: dict) -> dict:
+    """Is a - b shown? On the above-chance average when there is one, else the whole average: only
+    when the paired CI excludes 0 AND the difference exceeds the between-seed range (with a single
+    seed per side the range is unknown and the verdict says so)."""
+    scope = "above_chance" if "above_chance" in comparison else "average"
+    c = comparison["above_chance"] if scope == "above_chance" else comparison
+    spread = comparison["seed_spread"].get("average_above_chance" if scope == "above_chance" else "average")
+    seeds = min(len(comparison["seeds"]["a"]), len(comparison["seeds"]["b"]))
+    diff = c["difference"]
+    ci_excludes_zero = c["ci_low"] is not None and (c["ci_low"] > 0 or c["ci_high"] < 0)
+    seed_range = spread["range"] if spread and seeds > 1 else None
+    beyond_seeds = seed_range is not None and abs(diff) > seed_range
+    if ci_excludes_zero and beyond_seeds:
+        claim = "a > b" if diff > 0 else "a < b"
+    elif ci_excludes_zero and seed_range is None:
+        claim = ("a > b" if diff > 0 else "a < b") + " (one seed: the between-seed spread is unknown)"
+    else:
+        claim = "no difference shown"
+    return {
+        "scope": scope,
+        "difference": diff,
+        "ci_excludes_zero": ci_excludes_zero,
+        "seed_range": seed_range,
+        "exceeds_seed_range": beyond_seeds,
+        "claim": claim,
     }
 
 
@@ -299,7 +385,51 @@ def _comparison_lines(comparisons: dict) -> list[str]:
                 )
             diff = f"{100 * above['difference']:+.2f} points"
             lines.append(f"  - over the tasks the baseline is above chance on ({tasks}): {diff}, {ci}")
+        lines += _seed_and_fidelity_lines(c)
     return lines + [""]
+
+
+def _seed_and_fidelity_lines(c: dict) -> list[str]:
+    lines = []
+    seeds = c.get("seeds", {})
+    if any(len(g) > 1 for g in seeds.values()):
+        lines.append(f"  - seed-averaged per item: `{'`, `'.join(seeds['a'])}` vs `{'`, `'.join(seeds['b'])}`")
+    for key, label in (("average", "average"), ("average_above_chance", "above-chance average")):
+        spread = c.get("seed_spread", {}).get(key)
+        if spread and max(len(spread["a"]), len(spread["b"])) > 1:
+            per_seed = ", ".join(f"{100 * d:+.2f}" for d in spread["per_seed_differences"])
+            lines.append(
+                f"  - between seeds, {label}: a {', '.join(f'{100 * v:.2f}' for v in spread['a'])}; b "
+                f"{', '.join(f'{100 * v:.2f}' for v in spread['b'])} (largest range {100 * spread['range']:.2f} "
+                f"points; a − b seed by seed: {per_seed})"
+            )
+    fid = c.get("fidelity")
+    if fid:
+        cells = []
+        for metric, label, scale, digits in (
+            ("kl", "KL", 1, 4),
+            ("top1_agreement", "top-1 agreement (points)", 100, 2),
+            ("perplexity", "perplexity", 1, 3),
+        ):
+            f = fid[metric]
+            cells.append(
+                f"{label} {scale * f['difference']:+.{digits}f} [{scale * f['ci_low']:+.{digits}f}, "
+                f"{scale * f['ci_high']:+.{digits}f}]"
+            )
+        lines.append(f"  - fidelity, a − b over {fid['kl']['prompts']} paired prompts (95% CI): " + "; ".join(cells))
+    v = c.get("verdict")
+    if v:
+        scope = "above-chance average" if v["scope"] == "above_chance" else "average"
+        lines.append(
+            f"  - **verdict ({scope})**: {v['claim']} (CI excludes 0: {'yes' if v['ci_excludes_zero'] else 'no'}; "
+            + (
+                f"|difference| {'>' if v['exceeds_seed_range'] else '<='} between-seed range "
+                f"{100 * v['seed_range']:.2f} points)"
+                if v["seed_range"] is not None
+                else "between-seed range unknown: one seed)"
+            )
+        )
+    return lines
 
 
 def _layer_selection_lines(sel: dict) -> list[str]:
@@ -397,6 +527,12 @@ def headline(summary: dict) -> dict:
                     for k in ("difference", "ci_low", "ci_high")
                     if "above_chance" in c
                 },
+                **{
+                    f"kl_{k}": _round(c["fidelity"]["kl"][k], 4)
+                    for k in ("difference", "ci_low", "ci_high")
+                    if "fidelity" in c
+                },
+                **({"seed_range": _round(c["verdict"]["seed_range"], 4)} if c.get("verdict") else {}),
             }
             for pair, c in summary["comparisons"].items()
         },

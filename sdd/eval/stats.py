@@ -166,3 +166,55 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confiden
         "paired_items": int(len(joined)),
         "unpaired_items": int(len(a) + len(b) - 2 * len(joined)),
     }
+
+
+FIDELITY_METRICS = {"kl": "kl_sum", "top1_agreement": "top1_sum", "perplexity": "nll_sum"}
+
+
+def _ratio(sums: np.ndarray, tokens: np.ndarray, metric: str) -> np.ndarray:
+    """Token-weighted mean over prompts (the last axis); perplexity is exp of the mean NLL."""
+    mean = sums.sum(axis=-1) / tokens.sum(axis=-1)
+    return np.exp(mean) if metric == "perplexity" else mean
+
+
+def paired_fidelity_bootstrap(
+    a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int
+) -> dict[str, dict]:
+    """Paired bootstrap CIs of fidelity(a) - fidelity(b) for KL, top-1 agreement and perplexity.
+
+    `a`, `b`: per-prompt frames (sdd.eval.fidelity.FIDELITY_PER_PROMPT: tokens and the sums over
+    the reference's continuation). Prompts are paired on (prompt_set, id) and resampled jointly, the
+    same draw for both models; each replicate recomputes the token-weighted means (a ratio estimator,
+    as the metrics themselves are). Percentile interval.
+    """
+    keys = ["prompt_set", "id"]
+    joined = a.merge(b, on=keys, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(joined) < MIN_RESAMPLE_ITEMS:
+        raise InputError(
+            f"the two models share {len(joined)} fidelity prompts (need {MIN_RESAMPLE_ITEMS}); evaluate both "
+            "with the same evaluate.fidelity settings"
+        )
+    picks = np.random.default_rng(seed).integers(0, len(joined), size=(iterations, len(joined)))
+    alpha = (1.0 - confidence) / 2
+    out = {}
+    for metric, column in FIDELITY_METRICS.items():
+        diffs = []
+        for side in ("a", "b"):
+            sums, tokens = joined[f"{column}_{side}"].to_numpy(), joined[f"tokens_{side}"].to_numpy()
+            diffs.append((_ratio(sums, tokens, metric), _ratio(sums[picks], tokens[picks], metric)))
+        (obs_a, rep_a), (obs_b, rep_b) = diffs
+        low, high = (float(q) for q in np.quantile(rep_a - rep_b, [alpha, 1 - alpha]))
+        out[metric] = {"a": float(obs_a), "b": float(obs_b), "difference": float(obs_a - obs_b), "ci_low": low}
+        out[metric] |= {"ci_high": high, "confidence": confidence, "iterations": iterations, "prompts": len(joined)}
+    return out
+
+
+def mean_over_seeds(frames: list[pd.DataFrame], keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Per-item mean of `columns` over replicate models (the same items, e.g. one arm under several
+    seeds): the seed-averaged model a comparison of recipes pairs on. Items not scored by every
+    replicate are dropped."""
+    if len(frames) == 1:
+        return frames[0]
+    stacked = pd.concat([f[keys + columns] for f in frames])
+    counts = stacked.groupby(keys, sort=False)[columns[0]].transform("size")
+    return stacked[counts == len(frames)].groupby(keys, sort=False, as_index=False)[columns].mean()
