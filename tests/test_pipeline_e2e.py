@@ -109,6 +109,14 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
     headline = yaml.safe_load((repo / "metrics/report/report.headline.json").read_text())
     assert set(params["evaluate"]["models"]) <= set(headline) and "sdd-sft" in headline
     assert "acceptance" in headline["pruned"]
+    # Every model folder carries the card its own stage wrote; publish adds the evaluation results.
+    for folder in ("pruned", "finetuned/sft", "finetuned/kd", "merged/sdd_merged"):
+        card = (repo / "data/models" / folder / "README.md").read_text()
+        assert card.startswith("---\n") and "pipeline_tag: text-generation" in card and "## How it was made" in card
+    assert "Pruned: decoder layers" in (repo / "data/models/finetuned/sft/README.md").read_text()  # the lineage
+    assert "logit distillation" in (repo / "data/models/finetuned/kd/README.md").read_text()
+    published = (repo / "reports/cards/sdd.md").read_text()
+    assert "model-index:" in published and "num_few_shot: 0" in published and "## Evaluation" in published
 
     # Every params key a stage read (recorded by sdd.config.trace) is one dvc.yaml declares for it.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -131,4 +139,4 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
     evaluations = {f"evaluate@{m}" for m in params["evaluate"]["models"]}
     # fidelity_reference reads the same fingerprint file (its prompt sources are in it): it reruns and
     # writes identical continuations.
-    assert ran(third.stdout) - always == evaluations | {"report", "fidelity_reference"}, third.stdout
+    assert ran(third.stdout) - always == evaluations | {"report", "fidelity_reference", "publish"}, third.stdout

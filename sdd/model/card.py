@@ -40,8 +40,9 @@ class Card:
         meta["tags"] = [*TAGS, *self.tags]
         return meta
 
-    def render(self, results: list[dict] | None = None) -> str:
-        """The card text; `results` adds lm-eval-style `model-index` entries (publishable cards)."""
+    def render(self, results: list[dict] | None = None, extra: str = "") -> str:
+        """The card text; `results` adds lm-eval-style `model-index` entries (publishable cards),
+        `extra` Markdown after the lineage."""
         meta = self.metadata()
         if results:
             meta["model-index"] = [{"name": self.title, "results": results}]
@@ -52,7 +53,7 @@ class Card:
         return (
             f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# {self.title}\n\n"
             f"Made by the sdd-prune pipeline (layer pruning + recovery, after Thangarasa et al. 2024, "
-            f"arXiv:2410.09982).\n\n## How it was made\n\n{bullets}\n{licence_note}"
+            f"arXiv:2410.09982).\n\n## How it was made\n\n{bullets}\n{licence_note}{extra}"
         )
 
 
@@ -97,6 +98,20 @@ def merge_card(params: Params, name: str, method: str, models: list[str], recipe
     return Card(f"{name}: merge of recovered models", base_ids, [], how, licence, ["merge", "mergekit", method])
 
 
+def model_index(evaluation: dict) -> list[dict]:
+    """Hugging Face `model-index` results from an evaluate@<model> metrics JSON: one entry per task
+    (dataset id, config and split from the task's source, shots, the lm-eval metric in %)."""
+    results = []
+    for task, t in sorted(evaluation["tasks"].items()):
+        parts = t["source"].split(":", 1)[-1].split("/")  # "mirror:allenai/ai2_arc/ARC-Challenge"
+        dataset = {"name": task, "type": "/".join(parts[:2]), "split": t["eval_split"]}
+        dataset |= {"config": parts[2]} if len(parts) > 2 else {}
+        dataset["args"] = {"num_few_shot": t["shots"], "limit": t["limit"], "items": t["n"]}
+        metric = {"type": t["metric"], "value": round(100 * t["score"], 2), "name": f"{t['metric']} ({t['filter']})"}
+        results.append({"task": {"type": "text-generation"}, "dataset": dataset, "metrics": [metric]})
+    return results
+
+
 def how_of(model_dir: Path) -> list[str]:
     """The "How it was made" bullets of the card in a model folder (empty without one): a
     fine-tuned model's card repeats its pruned parent's."""
@@ -109,5 +124,6 @@ def how_of(model_dir: Path) -> list[str]:
 
 def write_card(model_dir: Path, card: Card) -> Path:
     path = Path(model_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(card.render())
     return path
