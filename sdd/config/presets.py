@@ -39,6 +39,32 @@ def flags(preset: dict, prefix: str = "", params: dict | None = None) -> list[st
     return out
 
 
+def apply_preset(params: dict, preset: dict) -> dict:
+    """params.yaml's content with the preset applied, as `dvc exp run` applies its flags: leaves set,
+    new keys added, `_delete` keys removed (for validating a preset without running anything)."""
+    import copy
+
+    out = copy.deepcopy(params)
+    for dotted in preset.get("_delete", []):
+        *parents, last = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if not isinstance(node, dict) or last not in node:
+            raise ValueError(f"preset _delete: {dotted} is not in params.yaml")
+        del node[last]
+
+    def merge(into: dict, changes: dict) -> None:
+        for key, value in changes.items():
+            if isinstance(value, dict) and value and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+
+    merge(out, {k: v for k, v in preset.items() if k != "_delete"})
+    return out
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m sdd.config.presets <preset.yaml>   (run in the project root: reads params.yaml)")
@@ -47,6 +73,13 @@ def main(argv: list[str]) -> None:
         sys.exit(f"{path} not found; presets live in presets/")
     preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")) if Path("params.yaml").is_file() else None
+    if params is not None:  # the preset must give valid params before any stage starts
+        from sdd.config.params import Params
+
+        try:
+            Params.model_validate(apply_preset(params, preset))
+        except ValueError as err:
+            sys.exit(f"{path}: the params it gives are invalid:\n{err}")
     print(" ".join(flags(preset, params=params or {})))
 
 

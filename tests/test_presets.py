@@ -1,0 +1,95 @@
+"""Presets: each one gives valid params, and `dvc exp run --dry` with its flags runs exactly the
+stages the preset is meant to run (nothing downloaded, nothing computed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdd.config.params import Params
+from sdd.config.presets import apply_preset, flags
+
+from conftest import REPO, copy_repo, run_dvc
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def preset(name: str) -> dict:
+    return yaml.safe_load((REPO / "presets" / name).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "presets").glob("*.yaml")))
+def test_every_preset_gives_valid_params(name):
+    Params.model_validate(apply_preset(PARAMS, preset(name)))
+
+
+def test_flags_add_new_keys_and_delete_listed_ones():
+    out = flags(
+        {"_delete": ["finetune.arms.kd"], "finetune": {"arms": {"sft2": {"seed": 1}}, "epochs": 2}}, params=PARAMS
+    )
+    assert out == ["-S", "~finetune.arms.kd", "-S", "+finetune.arms.sft2.seed=1", "-S", "finetune.epochs=2"]
+    with pytest.raises(ValueError, match="not in params.yaml"):
+        apply_preset(PARAMS, {"_delete": ["finetune.arms.nope"]})
+
+
+def test_an_invalid_preset_fails_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "finetune:\n  arms:\n    kd2: {data: {gsm8k: original}, objective: kd}\nteacher_logits: {original: []}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdd.config.presets", str(bad)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "add 'gsm8k' to teacher_logits.original" in proc.stderr
+
+
+def placeholders(repo: Path) -> None:
+    """An empty file or folder for every stage output: `dvc repro --dry` hashes each stage's deps, so on
+    a fresh clone it stops at the first input another stage writes (it computes nothing either way)."""
+    code = (
+        "from pathlib import Path; from dvc.repo import Repo\n"
+        "for o in (o for s in Repo('.').index.stages for o in s.outs):\n"
+        "    p = Path(o.fs_path)\n"
+        "    if not p.exists():\n"
+        "        (p.parent if p.suffix else p).mkdir(parents=True, exist_ok=True)\n"
+        "        (p if p.suffix else p / 'placeholder').write_text('')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=repo, check=True)
+
+
+def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    tracked = subprocess.run(["git", "ls-files", "data"], cwd=REPO, check=True, capture_output=True, text=True)
+    for rel in tracked.stdout.split():  # the committed files under data/ (source fingerprints, folder markers)
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes((REPO / rel).read_bytes())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
+    env = {"SDD_DATA_MIRROR": ""}
+    args = subprocess.run(
+        [sys.executable, "-m", "sdd.config.presets", "presets/smollm2-study.yaml"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    # DVC accepts every flag (+ new keys, ~ deletions) and starts the experiment's first stages
+    first = run_dvc(repo, "exp", "run", "--dry", *args, env=env, check=False)
+    assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
+    assert (repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # a dry run changes nothing
+    # the same params, written out: every stage of the study and nothing else
+    applied = apply_preset(PARAMS, preset("smollm2-study.yaml"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(applied, sort_keys=False))
+    placeholders(repo)
+    stages = set(re.findall(r"Running stage '([^']+)'", run_dvc(repo, "repro", "--dry", env=env).stdout))
+    arms = {"sft", "sft_seed1", "sdd", "sdd_seed1", "sdd_gsm8k", "sdd_alpaca"}
+    models = {"base", "pruned", "sdd_merged"} | arms - {"sdd_gsm8k", "sdd_alpaca"}
+    assert {f"finetune@{a}" for a in arms} <= stages and {f"evaluate@{m}" for m in models} <= stages
+    assert {"distill@gsm8k", "distill@alpaca", "merge@sdd_merged", "report", "publish"} <= stages
+    assert not {s for s in stages if s.startswith("teacher_logits") or s.endswith(("@kd", "@kd_sdd", "@sft_last3"))}
