@@ -21,6 +21,7 @@ import torch
 
 from sdd.errors import InputError
 from sdd.model.logits import kl_per_token, position_ids, top1_agreement
+from sdd.model.pruning import decoder_of
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def make_batches(
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    return model.get_decoder().layers
+    return decoder_of(model).layers  # a clear error for an architecture the pruner does not know
 
 
 def _hidden(args, kwargs) -> torch.Tensor:
@@ -185,7 +186,7 @@ def suffix_logits(model, batch: Batch, h_start: torch.Tensor, resume_at: int) ->
     head): the layer list is swapped for its suffix, and a pre-hook replaces the first one's input.
     resume_at = L runs no layer: the base model's logits from its cached last raw state.
     """
-    decoder = model.get_decoder()
+    decoder = decoder_of(model)
     layers = decoder.layers
     target = layers[resume_at] if resume_at < len(layers) else decoder.norm
     decoder.layers = torch.nn.ModuleList(list(layers)[resume_at:])

@@ -32,6 +32,25 @@ def check_block(num_layers: int, start: int, n_layers: int) -> None:
         )
 
 
+def decoder_of(model):
+    """The model's decoder, which must keep its blocks in a `.layers` ModuleList (Llama, Qwen2/3,
+    Mistral, Gemma 2/3, Phi-3 and most decoder-only models in transformers); anything else is named
+    in a clear error rather than pruned into a broken checkpoint."""
+    name = type(model).__name__
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        decoder = None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not hasattr(model.config, "num_hidden_layers"):
+        raise InputError(
+            f"cannot prune {name} (model_type {getattr(model.config, 'model_type', '?')!r}): its decoder does not keep "
+            "its blocks in a `.layers` list with `num_hidden_layers` in the config, as Llama, Qwen2/3, Mistral, "
+            "Gemma 2/3 and Phi-3 do; use one of those architectures, or extend sdd/model/pruning.py:decoder_of"
+        )
+    return decoder
+
+
 def drop_layers(model, start: int, n_layers: int) -> list[int]:
     """Remove decoder layers [start, start + n_layers) in place; return their original indices.
 
@@ -39,7 +58,7 @@ def drop_layers(model, start: int, n_layers: int) -> list[int]:
     every per-layer config list (e.g. `layer_types`) shrink, and each attention module's
     `layer_idx` (its KV-cache slot) follows its new position.
     """
-    decoder = model.get_decoder()
+    decoder = decoder_of(model)
     num_layers = len(decoder.layers)
     check_block(num_layers, start, n_layers)
     removed = list(range(start, start + n_layers))
