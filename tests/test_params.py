@@ -66,3 +66,27 @@ def test_unknown_dataset_name_suggests(tmp_path):
     params = load_params(REPO / "params.yaml")
     with pytest.raises(ValueError, match="did you mean 'gsm8k'"):
         params.dataset("gsm8j")
+
+
+def test_launch_prefixes_template_into_the_heavy_stages_commands(tmp_path):
+    import yaml
+    from dvc.repo import Repo
+
+    from conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["launch"].update(distill="srun --gres=gpu:8 --", evaluate="sbatch --wait --gres=gpu:1 --wrap")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cmds = {s.addressing.rsplit(":", 1)[-1]: s.cmd for s in Repo(str(repo)).index.stages}
+    assert cmds["distill@gsm8k"] == "srun --gres=gpu:8 -- python -m stages.distill gsm8k"
+    assert cmds["evaluate@sdd"] == "sbatch --wait --gres=gpu:1 --wrap python -m stages.evaluate sdd"
+    assert cmds["finetune@sft"].split() == ["python", "-m", "stages.finetune", "sft"]  # "" runs here
+    assert cmds["report"] == "python -m stages.report"  # cheap stages always run here
+
+
+def test_a_launch_prefix_is_one_command():
+    from sdd.config.launch import LaunchParams
+
+    with pytest.raises(ValueError, match="one command"):
+        LaunchParams(distill="srun -- ; rm -rf /")

@@ -19,6 +19,7 @@ from sdd.config.datasets import DatasetParams, PrepareParams
 from sdd.config.distill import DistillParams
 from sdd.config.evaluate import EvaluateParams
 from sdd.config.finetune import FinetuneParams
+from sdd.config.launch import LaunchParams
 from sdd.config.layer_scores import LayerScoresParams, PruneParams
 from sdd.config.merge import MergeParams
 from sdd.config.paths import Paths
@@ -55,6 +56,7 @@ class Params(Section):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    launch: LaunchParams = LaunchParams()
 
     @field_validator("datasets")
     @classmethod
