@@ -3,6 +3,7 @@ stages the preset is meant to run (nothing downloaded, nothing computed)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def placeholders(repo: Path) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=repo, check=True)
 
 
-def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
+def dry_repo(tmp_path: Path) -> Path:
     repo = copy_repo(tmp_path / "repo")
     tracked = subprocess.run(["git", "ls-files", "data"], cwd=REPO, check=True, capture_output=True, text=True)
     for rel in tracked.stdout.split():  # the committed files under data/ (source fingerprints, folder markers)
@@ -71,7 +72,19 @@ def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tm
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@e"]
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
-    env = {"SDD_DATA_MIRROR": ""}
+    return repo
+
+
+def dry_stages(repo: Path, name: str) -> tuple[set[str], str]:
+    """The stages `dvc repro --dry` would run with the preset applied (outputs as placeholders)."""
+    (repo / "params.yaml").write_text(yaml.safe_dump(apply_preset(PARAMS, preset(name)), sort_keys=False))
+    placeholders(repo)
+    out = run_dvc(repo, "repro", "--dry", env={"SDD_DATA_MIRROR": ""}).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out)), out
+
+
+def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
+    repo = dry_repo(tmp_path)
     args = subprocess.run(
         [sys.executable, "-m", "sdd.config.presets", "presets/smollm2-study.yaml"],
         cwd=repo,
@@ -80,16 +93,30 @@ def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tm
         text=True,
     ).stdout.split()
     # DVC accepts every flag (+ new keys, ~ deletions) and starts the experiment's first stages
-    first = run_dvc(repo, "exp", "run", "--dry", *args, env=env, check=False)
+    first = run_dvc(repo, "exp", "run", "--dry", *args, env={"SDD_DATA_MIRROR": ""}, check=False)
     assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
     assert (repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # a dry run changes nothing
-    # the same params, written out: every stage of the study and nothing else
-    applied = apply_preset(PARAMS, preset("smollm2-study.yaml"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(applied, sort_keys=False))
-    placeholders(repo)
-    stages = set(re.findall(r"Running stage '([^']+)'", run_dvc(repo, "repro", "--dry", env=env).stdout))
+    stages, _ = dry_stages(repo, "smollm2-study.yaml")
     arms = {"sft", "sft_seed1", "sdd", "sdd_seed1", "sdd_gsm8k", "sdd_alpaca"}
     models = {"base", "pruned", "sdd_merged"} | arms - {"sdd_gsm8k", "sdd_alpaca"}
     assert {f"finetune@{a}" for a in arms} <= stages and {f"evaluate@{m}" for m in models} <= stages
     assert {"distill@gsm8k", "distill@alpaca", "merge@sdd_merged", "report", "publish"} <= stages
     assert not {s for s in stages if s.startswith("teacher_logits") or s.endswith(("@kd", "@kd_sdd", "@sft_last3"))}
+
+
+def test_paper_preset_runs_every_stage_under_its_launch_prefixes(tmp_path):
+    repo = dry_repo(tmp_path)
+    # --run passes values with spaces (the launch prefixes) to dvc as single arguments
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdd.config.presets", "presets/llama31-8b-paper.yaml", "--run", "--dry"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SDD_DATA_MIRROR": ""},
+    )
+    assert "Running stage 'model_source'" in proc.stdout, proc.stdout + proc.stderr
+    stages, out = dry_stages(repo, "llama31-8b-paper.yaml")
+    listed = run_dvc(repo, "stage", "list", "--name-only").stdout.split()
+    assert stages == set(listed) and "distill@openmath" in stages and "teacher_logits_distilled@dolly" in stages
+    assert "> srun --partition=gpu --nodes=1 --gres=gpu:8 --time=48:00:00 -- python -m stages.finetune sdd" in out
+    assert "> python -m stages.report" in out  # cheap stages run where dvc runs

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 
-def flags(preset: dict, prefix: str = "", params: dict | None = None) -> list[str]:
+def flags(preset: dict, prefix: str = "", params: dict | None = None, spaces_ok: bool = False) -> list[str]:
     """`-S` flags for a preset; `params` (the params.yaml it applies to) marks new keys with `+`
     (None: every key is taken as existing)."""
     out = [f for key in preset.get("_delete", []) if not prefix for f in ("-S", f"~{key}")]
@@ -30,11 +30,16 @@ def flags(preset: dict, prefix: str = "", params: dict | None = None) -> list[st
         new = params is not None and key not in params
         inner = None if params is None else params.get(key, {})
         if isinstance(value, dict) and value:
-            out += flags(value, f"{dotted}.", inner if isinstance(inner, dict) else {})
+            out += flags(value, f"{dotted}.", inner if isinstance(inner, dict) else {}, spaces_ok)
         else:
             text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            if any(c.isspace() for c in text) and not spaces_ok:
+                raise ValueError(
+                    f"preset key {dotted}: value {text!r} has whitespace; it cannot pass through $(...): "
+                    "use `python -m sdd.config.presets <preset> --run [dvc exp run args]`"
+                )
             if any(c.isspace() for c in text):
-                raise ValueError(f"preset key {dotted}: value {text!r} has whitespace; it cannot pass through $(...)")
+                text = json.dumps(text)  # Hydra reads a quoted string back whole
             out += ["-S", f"{'+' if new else ''}{dotted}={text}"]
     return out
 
@@ -65,9 +70,14 @@ def apply_preset(params: dict, preset: dict) -> dict:
     return out
 
 
+USAGE = """usage: python -m sdd.config.presets <preset.yaml> [--run DVC_EXP_RUN_ARGS...]
+  prints the `dvc exp run` flags (for $(...)), or with --run starts `dvc exp run <flags> DVC_EXP_RUN_ARGS`
+  itself (needed when a value has spaces, e.g. launch prefixes). Run it in the project root."""
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        sys.exit("usage: python -m sdd.config.presets <preset.yaml>   (run in the project root: reads params.yaml)")
+    if not argv or (len(argv) > 1 and argv[1] != "--run"):
+        sys.exit(USAGE)
     path = Path(argv[0])
     if not path.is_file():
         sys.exit(f"{path} not found; presets live in presets/")
@@ -80,7 +90,16 @@ def main(argv: list[str]) -> None:
             Params.model_validate(apply_preset(params, preset))
         except ValueError as err:
             sys.exit(f"{path}: the params it gives are invalid:\n{err}")
-    print(" ".join(flags(preset, params=params or {})))
+    run = len(argv) > 1
+    try:
+        out = flags(preset, params=params or {}, spaces_ok=run)
+    except ValueError as err:
+        sys.exit(f"{path}: {err}")
+    if run:
+        import subprocess
+
+        sys.exit(subprocess.call(["dvc", "exp", "run", *out, *argv[2:]]))
+    print(" ".join(out))
 
 
 if __name__ == "__main__":
