@@ -27,6 +27,8 @@ class VllmEvalParams(Section):
     gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
     max_model_len: int = Field(default=4096, gt=0)
     enforce_eager: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1)  # GPUs per model copy
+    data_parallel_size: int = Field(default=1, ge=1)  # model copies (lm-eval shards the requests over them, via Ray)
 
 
 class FidelityParams(Section):

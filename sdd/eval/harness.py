@@ -126,6 +126,8 @@ def lm_eval_model(model_dir: Path, cfg: EvaluateParams, device: str, model: Any 
         gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
         max_model_len=cfg.vllm.max_model_len,
         enforce_eager=cfg.vllm.enforce_eager,
+        tensor_parallel_size=cfg.vllm.tensor_parallel_size,
+        data_parallel_size=cfg.vllm.data_parallel_size,
     )
 
 
