@@ -244,6 +244,10 @@ def markdown(summary: dict) -> str:
         f"the tasks `{base}` scores at least 2 stderr above chance on "
         f"({', '.join(summary.get('above_chance_tasks', [])) or 'none'}), where a difference can show.",
         "",
+        "A run sized like the default demo (a few items per task, a few training steps) shows that the pipeline "
+        "works, not which method recovers more: the CI and the verdict lines below say whether a difference is "
+        "shown. The study that decides SDD vs SFT at CPU scale is reports/studies/smollm2-135m.md.",
+        "",
     ]
     head = [
         "model",
