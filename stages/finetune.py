@@ -16,12 +16,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sdd.artifacts import read_json
 from sdd.cache import file_digest, fingerprint, keyed_dir
 from sdd.config import load_params
 from sdd.errors import require
+from sdd.model import memory, pruning
 from sdd.model.checkpoint import check_model_dir
 from sdd.model.trainer import LAUNCHED, arm_inputs, launch, read_arm, teacher_lookup, train
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
+
+
+def check_memory(arm: str, cfg, model_dir: Path, dev: str) -> None:
+    """Fail before loading anything when one training process cannot fit on its device."""
+    config = pruning.config_from_dict(read_json(model_dir / "config.json"))
+    method = cfg.arms[arm].method or cfg.method
+    trainable = memory.trainable_estimate(config, method, cfg.lora.rank, cfg.lora.target_modules, cfg.last_layers.n)
+    need = memory.training_memory(config, method, trainable, cfg.batch_size * cfg.max_seq_len)
+    fixes = ["lower finetune.batch_size (raise grad_accum to keep the effective batch) or finetune.max_seq_len"]
+    fixes += ["use finetune.method: lora" if method == "full" else "use GPUs with more memory"]
+    memory.check_fits(need, memory.device_memory(dev), f"finetune@{arm} ({method}, {dev})", fixes)
 
 
 def main(argv: list[str]) -> None:
@@ -41,6 +54,7 @@ def main(argv: list[str]) -> None:
         log_params(f"finetune@{arm}", {**spec.model_dump(), **cfg.training_settings()})
         check_model_dir(model_dir)
         read_arm(paths, spec.data, cfg.val_fraction, cfg.seed)  # fails here, before any model load
+        check_memory(arm, cfg, model_dir, dev)
         if spec.objective == "kd":  # so do missing or invalid teacher logits (validated on original text too)
             for data in (spec.data, dict.fromkeys(spec.data, "original")):
                 teacher_lookup(paths, data)

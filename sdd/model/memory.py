@@ -1,0 +1,92 @@
+"""Memory a stage needs, estimated from the model's config before any weight loads, and a clear
+error when the devices it will run on cannot hold it.
+
+    need = training_memory(config, method="lora", trainable=3.3e6, batch_tokens=8 * 512)
+    check_fits(need, device_memory("cuda"), "finetune@sft", fixes=[...])
+
+Estimates, not measurements: weights and optimizer state are exact byte counts for the dtypes the
+stages use (the Trainer keeps fp32 master weights and AdamW's two fp32 moments per trainable
+parameter); activations use the per-token, per-layer rule of Korthikanti et al. 2022 (~34 x hidden
+bytes in bf16 without recomputation), which is an upper-side figure for LoRA. A run that the check
+lets through can still fail on fragmentation; a run it stops would not have fit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from sdd.errors import InputError
+from sdd.model.pruning import parameter_count
+
+GIB = 2**30
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def kv_bytes_per_token(config, dtype: str) -> int:
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * BYTES[dtype]
+
+
+def trainable_estimate(config, method: str, lora_rank: int, lora_targets: list[str], last_n: int) -> int:
+    """Trainable parameters of a method, from the config: LoRA adds rank x (in + out) per targeted
+    linear map per layer; last_layers trains n layers, the final norm and the LM head (the embedding
+    too when tied); full trains everything."""
+    if method == "full":
+        return parameter_count(config)
+    d, inter = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * (getattr(config, "head_dim", None) or d // heads)
+    q = heads * (getattr(config, "head_dim", None) or d // heads)
+    shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
+    shapes |= {"gate_proj": (d, inter), "up_proj": (d, inter), "down_proj": (inter, d)}
+    if method == "lora":
+        per_layer = sum(lora_rank * (i + o) for name, (i, o) in shapes.items() if name in lora_targets)
+        return per_layer * config.num_hidden_layers
+    layer = sum(i * o for i, o in shapes.values()) + 2 * d
+    return last_n * layer + d + config.vocab_size * d
+
+
+def training_memory(config, method: str, trainable: int, batch_tokens: int) -> dict[str, int]:
+    """Bytes per training process (DDP: every process holds all of it): fp32 weights, gradients and
+    AdamW moments of the trainable parameters (all of them for `full`), activations of one batch."""
+    params = parameter_count(config)
+    trained = params if method == "full" else trainable
+    return {
+        "weights (fp32)": 4 * params,
+        "gradients (fp32, trainable)": 4 * trained,
+        "AdamW moments (2 x fp32, trainable)": 8 * trained,
+        "activations (bf16, one batch)": 34 * config.hidden_size * config.num_hidden_layers * batch_tokens,
+    }
+
+
+def inference_memory(config, dtype: str, tokens_in_flight: int) -> dict[str, int]:
+    """Bytes for generation: the weights and the KV cache of every sequence in flight."""
+    return {
+        f"weights ({dtype})": BYTES[dtype] * parameter_count(config),
+        "KV cache": kv_bytes_per_token(config, dtype) * tokens_in_flight,
+    }
+
+
+def device_memory(device: str) -> int:
+    """Memory of one device the stage runs on: one GPU (each process of a multi-GPU run has its
+    own), or the machine's available RAM on CPU."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_fits(need: Mapping[str, int], have: int, what: str, fixes: list[str]) -> None:
+    """Fail before compute when `need` exceeds `have`, with the breakdown and what to change."""
+    total = sum(need.values())
+    if total <= have:
+        return
+    parts = ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in need.items())
+    raise InputError(
+        f"{what} needs ~{total / GIB:.1f} GiB per device ({parts}) but the device has {have / GIB:.1f} GiB; "
+        + "; ".join(fixes)
+    )
