@@ -316,8 +316,14 @@ def test_paired_fidelity_bootstrap_has_the_token_weighted_difference_and_a_paire
     noisy = [fidelity_frame(list(rng.random(60) * 20), [5.0] * 60, [5.0] * 60, [20] * 60) for _ in range(2)]
     wide = stats.paired_fidelity_bootstrap(*noisy, iterations=1000, confidence=0.95, seed=0)["kl"]
     assert wide["ci_low"] < wide["difference"] < wide["ci_high"] and wide["ci_high"] - wide["ci_low"] > 0.1
-    with pytest.raises(stats.InputError, match="share 0 fidelity prompts"):
+    with pytest.raises(stats.InputError, match="share no fidelity prompts"):
         stats.paired_fidelity_bootstrap(a, b.assign(prompt_set="q"), 100, 0.95, 0)
+    few = stats.paired_fidelity_bootstrap(a.head(4), b.head(4), 100, 0.95, 0)["kl"]  # too few to resample
+    assert (
+        few["ci_low"] is None
+        and "4 paired prompts" in few["ci_unavailable"]
+        and few["difference"] == pytest.approx(-0.5)
+    )
 
 
 def test_mean_over_seeds_averages_each_item_over_the_replicates():

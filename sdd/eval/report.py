@@ -416,10 +416,12 @@ def _seed_and_fidelity_lines(c: dict) -> list[str]:
             ("perplexity", "perplexity", 1, 3),
         ):
             f = fid[metric]
-            cells.append(
-                f"{label} {scale * f['difference']:+.{digits}f} [{scale * f['ci_low']:+.{digits}f}, "
-                f"{scale * f['ci_high']:+.{digits}f}]"
+            ci = (
+                f"[{scale * f['ci_low']:+.{digits}f}, {scale * f['ci_high']:+.{digits}f}]"
+                if f["ci_low"] is not None
+                else f"(CI not available: {f['ci_unavailable']})"
             )
+            cells.append(f"{label} {scale * f['difference']:+.{digits}f} {ci}")
         lines.append(f"  - fidelity, a − b over {fid['kl']['prompts']} paired prompts (95% CI): " + "; ".join(cells))
     v = c.get("verdict")
     if v:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -179,7 +180,7 @@ def _ratio(sums: np.ndarray, tokens: np.ndarray, metric: str) -> np.ndarray:
 
 def paired_fidelity_bootstrap(
     a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Paired bootstrap CIs of fidelity(a) - fidelity(b) for KL, top-1 agreement and perplexity.
 
     `a`, `b`: per-prompt frames (sdd.eval.fidelity.FIDELITY_PER_PROMPT: tokens and the sums over
@@ -189,11 +190,14 @@ def paired_fidelity_bootstrap(
     """
     keys = ["prompt_set", "id"]
     joined = a.merge(b, on=keys, suffixes=("_a", "_b"), validate="one_to_one")
-    if len(joined) < MIN_RESAMPLE_ITEMS:
+    if joined.empty:
         raise InputError(
-            f"the two models share {len(joined)} fidelity prompts (need {MIN_RESAMPLE_ITEMS}); evaluate both "
-            "with the same evaluate.fidelity settings"
+            "the two models share no fidelity prompts (prompt_set, id); evaluate both with the same "
+            "evaluate.fidelity settings"
         )
+    unavailable = None
+    if len(joined) < MIN_RESAMPLE_ITEMS:  # as for items: resampling fewer understates the variance
+        unavailable = f"{len(joined)} paired prompts; at least {MIN_RESAMPLE_ITEMS} are resampled"
     picks = np.random.default_rng(seed).integers(0, len(joined), size=(iterations, len(joined)))
     alpha = (1.0 - confidence) / 2
     out = {}
@@ -203,9 +207,18 @@ def paired_fidelity_bootstrap(
             sums, tokens = joined[f"{column}_{side}"].to_numpy(), joined[f"tokens_{side}"].to_numpy()
             diffs.append((_ratio(sums, tokens, metric), _ratio(sums[picks], tokens[picks], metric)))
         (obs_a, rep_a), (obs_b, rep_b) = diffs
-        low, high = (float(q) for q in np.quantile(rep_a - rep_b, [alpha, 1 - alpha]))
-        out[metric] = {"a": float(obs_a), "b": float(obs_b), "difference": float(obs_a - obs_b), "ci_low": low}
-        out[metric] |= {"ci_high": high, "confidence": confidence, "iterations": iterations, "prompts": len(joined)}
+        low, high = (None, None) if unavailable else (float(q) for q in np.quantile(rep_a - rep_b, [alpha, 1 - alpha]))
+        out[metric] = {
+            "a": float(obs_a),
+            "b": float(obs_b),
+            "difference": float(obs_a - obs_b),
+            "ci_low": low,
+            "ci_high": high,
+            "ci_unavailable": unavailable,
+            "confidence": confidence,
+            "iterations": iterations,
+            "prompts": len(joined),
+        }
     return out
 
 
