@@ -115,8 +115,8 @@ def resolved(
     """(the arm, the TrainingArguments) exactly as training uses them."""
     cfg = params.finetune
     steps = ft.total_steps(cfg, train_examples, world_size)
-    seeded = cfg.model_copy(update={"seed": cfg.arm_seed(arm)})  # the arm's replicate seed, if any
-    return cfg.arms[arm], ft.training_arguments(seeded, str(run_dir / "checkpoints"), dev, world_size, steps)
+    args = ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size, steps, cfg.arm_seed(arm))
+    return cfg.arms[arm], args
 
 
 def teacher_lookup(paths: Paths, data: Mapping[str, str]) -> Any:

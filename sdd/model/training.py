@@ -126,7 +126,12 @@ def auto_interval(steps: int) -> int:
 
 
 def training_arguments(
-    cfg: FinetuneParams, output_dir: str, device: str, world_size: int = 1, steps: int | None = None
+    cfg: FinetuneParams,
+    output_dir: str,
+    device: str,
+    world_size: int = 1,
+    steps: int | None = None,
+    seed: int | None = None,
 ):
     """The transformers TrainingArguments for a `finetune` section; arms share every value but
     output_dir (and, with epochs instead of max_steps, the auto intervals of their run length)."""
@@ -135,8 +140,8 @@ def training_arguments(
     interval = auto_interval(steps or cfg.max_steps or 1)
     return TrainingArguments(
         output_dir=output_dir,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,  # an arm's replicate seed (finetune.arms.<arm>.seed)
+        data_seed=cfg.seed if seed is None else seed,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
