@@ -110,8 +110,3 @@ class FinetuneParams(Section):
     def training_settings(self) -> dict[str, Any]:
         """Everything an arm trains with except its data: identical for every arm by construction."""
         return self.model_dump(exclude={"arms"})
-
-    def arm_seed(self, arm: str) -> int:
-        """The seed of an arm's data order and LoRA init (its own, else the shared one)."""
-        own = self.arms[arm].seed
-        return self.seed if own is None else own

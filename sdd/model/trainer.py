@@ -109,13 +109,20 @@ def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
+def arm_seed(cfg: Any, arm: str) -> int:
+    """The seed of an arm's data order and LoRA init: its own `seed`, else finetune.seed (read field by
+    field: a section method would count as reading every key of the section)."""
+    own = cfg.arms[arm].seed
+    return cfg.seed if own is None else own
+
+
 def resolved(
     params: Params, arm: str, run_dir: Path, dev: str, world_size: int = 1, train_examples: int = 0
 ) -> tuple[ArmParams, Any]:
     """(the arm, the TrainingArguments) exactly as training uses them."""
     cfg = params.finetune
     steps = ft.total_steps(cfg, train_examples, world_size)
-    args = ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size, steps, cfg.arm_seed(arm))
+    args = ft.training_arguments(cfg, str(run_dir / "checkpoints"), dev, world_size, steps, arm_seed(cfg, arm))
     return cfg.arms[arm], args
 
 
@@ -200,7 +207,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         collator, extra = ft.WithTeacher(collator), {"kd": cfg.kd}
 
     set_seed(
-        cfg.arm_seed(arm)
+        arm_seed(cfg, arm)
     )  # the LoRA init draws from torch's RNG, before the Trainer seeds it: two runs must start equal
     model = ft.apply_method(model, cfg, method)
     resume = ft.last_complete_checkpoint(Path(args.output_dir))
@@ -228,7 +235,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "data": data,
         "objective": spec.objective,
         "method": method,
-        "seed": cfg.arm_seed(arm),
+        "seed": arm_seed(cfg, arm),
         **ft.trainable_summary(model),
         "batching": cfg.batching,
         "num_processes": world_size,
