@@ -8,7 +8,8 @@ checkpoint + tokenizer + chat template, the LoRA adapter in `adapter/`), the hea
 `<paths.metrics>/finetune/<arm>.headline.json`, the details `<paths.metrics>/finetune/<arm>.json`
 and dvclive loss curves in `<paths.metrics>/finetune/<arm>/`. Checkpoints go to
 `<paths.scratch>/finetune/<arm>/`; a re-run with the same inputs resumes from the last one. With
-`finetune.num_processes > 1` the stage re-launches itself under `accelerate launch` (DDP; gloo on CPU).
+`finetune.num_processes` x `num_machines` > 1 the stage re-launches itself under `accelerate launch` with
+`finetune.accelerate_config` (configs/accelerate/ddp.yaml or fsdp.yaml; gloo on CPU).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sdd.config import load_params
 from sdd.errors import require
 from sdd.model import memory, pruning
 from sdd.model.checkpoint import check_model_dir
-from sdd.model.trainer import LAUNCHED, arm_inputs, launch, read_arm, teacher_lookup, train
+from sdd.model.trainer import LAUNCHED, accelerate_config, arm_inputs, launch, read_arm, teacher_lookup, train
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
 
 
@@ -31,9 +32,13 @@ def check_memory(arm: str, cfg, model_dir: Path, dev: str) -> None:
     config = pruning.config_from_dict(read_json(model_dir / "config.json"))
     method = cfg.arms[arm].method or cfg.method
     trainable = memory.trainable_estimate(config, method, cfg.lora.rank, cfg.lora.target_modules, cfg.last_layers.n)
-    need = memory.training_memory(config, method, trainable, cfg.batch_size * cfg.max_seq_len)
+    shards = cfg.world_size() if cfg.sharded() else 1
+    need = memory.training_memory(config, method, trainable, cfg.batch_size * cfg.max_seq_len, shards)
     fixes = ["lower finetune.batch_size (raise grad_accum to keep the effective batch) or finetune.max_seq_len"]
-    fixes += ["use finetune.method: lora" if method == "full" else "use GPUs with more memory"]
+    if method == "full" and not cfg.sharded():
+        fixes += ["use finetune.method: lora, or shard it: finetune.accelerate_config: configs/accelerate/fsdp.yaml"]
+    else:
+        fixes += ["use more processes (FSDP shards the weights) or GPUs with more memory"]
     memory.check_fits(need, memory.device_memory(dev), f"finetune@{arm} ({method}, {dev})", fixes)
 
 
@@ -45,9 +50,9 @@ def main(argv: list[str]) -> None:
     spec, dev = cfg.arms[arm], device()
     model_dir, run_dir = paths.model_dir("pruned"), Path(paths.scratch) / "finetune" / arm
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if os.environ.get(LAUNCHED) and world_size != cfg.num_processes:
+    if os.environ.get(LAUNCHED) and world_size != cfg.world_size():
         raise RuntimeError(
-            f"launched as one of {cfg.num_processes} processes but WORLD_SIZE={world_size}; "
+            f"launched as one of {cfg.world_size()} processes but WORLD_SIZE={world_size}; "
             f"the accelerate launcher did not start a distributed run"
         )
     if not os.environ.get(LAUNCHED):  # the launching process checks inputs and owns the checkpoint folder
@@ -59,12 +64,14 @@ def main(argv: list[str]) -> None:
             for data in (spec.data, dict.fromkeys(spec.data, "original")):
                 teacher_lookup(paths, data)
         inputs = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"] + arm_inputs(paths, spec)
+        if cfg.world_size() > 1:
+            inputs.append(accelerate_config(cfg, dev))
         keyed_dir(
             run_dir,
             fingerprint({"settings": cfg.training_settings(), "arm": spec.model_dump(), "inputs": file_digest(inputs)}),
         )
-        if cfg.num_processes > 1:
-            launch(arm, cfg.num_processes, dev == "cpu")
+        if cfg.world_size() > 1:
+            launch(arm, cfg, dev == "cpu")
             return
     with timed(f"finetune@{arm}") as summary:
         summary.update(train(arm, params, run_dir, dev, world_size))

@@ -1,5 +1,5 @@
 """finetune@<arm>: response-only labels, identical arms, LoRA/full training on a tiny Llama, the
-merged checkpoint, bad input, two gloo processes under accelerate, and resume after a kill."""
+merged checkpoint, bad input, two gloo processes (DDP and FSDP) against one, and resume after a kill."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from sdd.artifacts import read_json, to_frame, write_parquet
 from sdd.config import load_params
 from sdd.data.chat import user_message
 from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.errors import InputError
 from sdd.model import trainer
 from sdd.model import training as ft
 from stages import finetune as stage
@@ -306,17 +308,80 @@ def run_stage(cwd: Path, arm: str, module: str = "stages.finetune", **kwargs) ->
     )
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_under_accelerate(tmp_path):
-    make_project(tmp_path, num_processes=2, max_steps=3)
-    proc = run_stage(tmp_path, "sft")
+def loss_curve(root: Path, arm: str = "sft") -> list[float]:
+    lines = (root / f"metrics/finetune/{arm}/train/loss.tsv").read_text().splitlines()[1:]
+    return [float(line.split("\t")[1]) for line in lines]
+
+
+def run_processes(root: Path, processes: int, config: str) -> dict:
+    """finetune@sft with an effective batch of 4 rows: 1 process x 4, or `processes` x 4 / processes."""
+    root.mkdir()
+    make_project(
+        root,
+        num_processes=processes,
+        batch_size=4 // processes,
+        max_steps=3,
+        accelerate_config=str(REPO / f"configs/accelerate/{config}.yaml"),
+    )
+    proc = run_stage(root, "sft")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    assert "launching 2 processes" in out
-    metrics = read_json(tmp_path / "metrics/finetune/sft.json")
-    assert metrics["num_processes"] == 2 and metrics["steps"] == 3
-    assert (tmp_path / "data/models/finetuned/sft/model.safetensors").is_file()
-    assert (tmp_path / "data/models/finetuned/sft/adapter/adapter_config.json").is_file()
+    assert (f"launching {processes} processes" in out) == (processes > 1), out
+    metrics = read_json(root / "metrics/finetune/sft.json")
+    assert metrics["num_processes"] == processes and metrics["steps"] == 3
+    assert (root / "data/models/finetuned/sft/adapter/adapter_config.json").is_file()
+    return metrics
+
+
+def assert_same_run(root: Path, reference: Path) -> None:
+    """The same loss curve and merged weights within float tolerance: the rows of each step are the
+    same, only the order of the reductions differs."""
+    assert loss_curve(root) == pytest.approx(loss_curve(reference), rel=1e-4)
+    expected = load_file(reference / "data/models/finetuned/sft/model.safetensors")
+    weights = load_file(root / "data/models/finetuned/sft/model.safetensors")
+    assert weights.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_two_gloo_ddp_processes_follow_the_one_process_run(tmp_path):
+    run_processes(tmp_path / "one", 1, "ddp")
+    assert run_processes(tmp_path / "ddp", 2, "ddp")["sharding"] is None
+    assert_same_run(tmp_path / "ddp", tmp_path / "one")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP under accelerate needs 2 GPUs")
+def test_two_fsdp_processes_follow_the_one_process_run(tmp_path):
+    run_processes(tmp_path / "one", 1, "ddp")
+    assert run_processes(tmp_path / "fsdp", 2, "fsdp")["sharding"] == "fsdp"
+    assert_same_run(tmp_path / "fsdp", tmp_path / "one")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal on a machine without GPUs")
+def test_fsdp_on_cpu_is_refused_not_run_as_ddp(project):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["finetune"].update(num_processes=2, accelerate_config=str(REPO / "configs/accelerate/fsdp.yaml"))
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match="asks for FSDP, which accelerate runs only on GPUs"):
+        stage.main(["sft"])
+
+
+def test_training_across_machines_needs_the_launchers_address_and_rank():
+    assert trainer.machine(1, {}) == (0, None, None)
+    env = {"SLURM_NODEID": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29600"}
+    assert trainer.machine(2, env) == (1, "node-a", 29600)
+    with pytest.raises(ValueError, match="num_machines=2 needs MASTER_ADDR"):
+        trainer.machine(2, {"SLURM_NODEID": "1"})
+
+
+def test_a_missing_accelerate_config_is_named(project):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["finetune"].update(num_processes=2, accelerate_config="configs/accelerate/zero3.yaml")
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match="finetune.accelerate_config: configs/accelerate/zero3.yaml does not exist"):
+        stage.main(["sft"])
 
 
 @pytest.mark.slow

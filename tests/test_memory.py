@@ -48,6 +48,9 @@ def test_full_fine_tuning_of_a_pruned_8b_does_not_fit_one_80gb_gpu_but_lora_does
         match=r"finetune@sdd \(full\) needs ~\d+\.\d GiB per device \(weights \(fp32\) .* use finetune.method: lora",
     ):
         memory.check_fits(full, gpu, "finetune@sdd (full)", ["use finetune.method: lora"])
+    sharded = memory.training_memory(LLAMA31_8B_PRUNED, "full", 0, batch_tokens=2 * 4096, shards=8)
+    assert sharded["AdamW moments (2 x fp32, trainable)"] == 8 * params // 8  # FSDP over 8 GPUs: it fits
+    memory.check_fits(sharded, gpu, "finetune@sdd (full, fsdp)", ["x"])
 
 
 def test_inference_memory_counts_weights_and_the_kv_cache():

@@ -8,6 +8,7 @@ training setting is shared by all arms, so arms differ in nothing else.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -98,7 +99,18 @@ class FinetuneParams(Section):
     seed: int = 0
     eval_steps: int | None = Field(default=None, gt=0)  # None: auto_interval
     save_steps: int | None = Field(default=None, gt=0)
-    num_processes: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1)  # per machine
+    num_machines: int = Field(default=1, ge=1)
+    accelerate_config: str = "configs/accelerate/ddp.yaml"  # how > 1 processes share the work (ddp | fsdp)
+
+    def world_size(self) -> int:
+        """Training processes in all: `num_processes` on each of `num_machines`."""
+        return self.num_processes * self.num_machines
+
+    def sharded(self) -> bool:
+        """Whether the weights, gradients and optimizer state are split over the processes (FSDP)."""
+        return self.world_size() > 1 and Path(self.accelerate_config).stem.startswith("fsdp")
+
     save_dtype: Dtype = "bfloat16"
 
     @field_validator("arms")

@@ -49,15 +49,17 @@ def trainable_estimate(config, method: str, lora_rank: int, lora_targets: list[s
     return last_n * layer + d + config.vocab_size * d
 
 
-def training_memory(config, method: str, trainable: int, batch_tokens: int) -> dict[str, int]:
-    """Bytes per training process (DDP: every process holds all of it): fp32 weights, gradients and
-    AdamW moments of the trainable parameters (all of them for `full`), activations of one batch."""
+def training_memory(config, method: str, trainable: int, batch_tokens: int, shards: int = 1) -> dict[str, int]:
+    """Bytes per training process: fp32 weights, gradients and AdamW moments of the trainable
+    parameters (all of them for `full`), activations of one batch. DDP: every process holds all of
+    it (`shards` 1); FSDP splits weights, gradients and moments over `shards` processes (ZeRO-3,
+    Rajbhandari et al. 2020), not the activations."""
     params = parameter_count(config)
     trained = params if method == "full" else trainable
     return {
-        "weights (fp32)": 4 * params,
-        "gradients (fp32, trainable)": 4 * trained,
-        "AdamW moments (2 x fp32, trainable)": 8 * trained,
+        "weights (fp32)": 4 * params // shards,
+        "gradients (fp32, trainable)": 4 * trained // shards,
+        "AdamW moments (2 x fp32, trainable)": 8 * trained // shards,
         "activations (bf16, one batch)": 34 * config.hidden_size * config.num_hidden_layers * batch_tokens,
     }
 

@@ -4,7 +4,7 @@ multi-process launch.
     train_rows, val, val_original = read_arm(paths, {"gsm8k": "distilled"}, val_fraction=0.1, seed=0)
     rows = dataset_rows(paths, "gsm8k", "original")              # one dataset's rows as an arm reads them
     metrics = train(arm, params, run_dir, device, world_size)     # resumes from run_dir's checkpoints
-    launch(arm, num_processes=2, on_cpu=True)                     # re-runs the stage under accelerate
+    launch(arm, params.finetune, on_cpu=True)                     # re-runs the stage under accelerate (DDP/FSDP)
 
 The pieces (encoding, collators, TrainingArguments, LoRA) are in `sdd/model/training.py`.
 """
@@ -24,9 +24,10 @@ from typing import Any
 
 from sdd.artifacts import atomic_path, read_parquet, write_json
 from sdd.config import Params
-from sdd.config.finetune import ArmParams
+from sdd.config.finetune import ArmParams, FinetuneParams
 from sdd.config.paths import Paths
 from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.errors import InputError
 from sdd.model import training as ft
 from sdd.model.card import Card, dataset_ids, how_of, lineage, write_card
 from sdd.model.checkpoint import load_model, save_model
@@ -79,33 +80,69 @@ def read_arm(
     return train_rows, val, val_original
 
 
-def launch(arm: str, num_processes: int, on_cpu: bool) -> None:
-    """Re-run the finetune stage as `num_processes` DDP workers through `accelerate launch`."""
-    with socket.socket() as sock:  # a free port, so parallel runs on one machine do not collide
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # --multi_gpu selects accelerate's torchrun launcher on CPU too (its --cpu mode needs MPI for
-    # several processes); the Trainer then runs DDP with gloo because TrainingArguments.use_cpu is set.
+def machine(num_machines: int, env: Mapping[str, str]) -> tuple[int, str | None, int | None]:
+    """(this machine's rank, the main machine's address, its port) for `accelerate launch`: from the
+    cluster launcher's environment when training spans machines (Slurm's SLURM_NODEID, or
+    MACHINE_RANK / NODE_RANK; MASTER_ADDR and MASTER_PORT), else rank 0 on this machine."""
+    if num_machines == 1:
+        return 0, None, None
+    rank = next((env[k] for k in ("MACHINE_RANK", "NODE_RANK", "SLURM_NODEID") if k in env), None)
+    if rank is None or "MASTER_ADDR" not in env:
+        raise ValueError(
+            f"finetune.num_machines={num_machines} needs MASTER_ADDR (the first machine's address) and the "
+            "machine rank (SLURM_NODEID, MACHINE_RANK or NODE_RANK) from the launcher: e.g. launch.finetune: "
+            '"srun --nodes=2 --ntasks-per-node=1 --export=ALL,MASTER_ADDR=<first node>" (README: Slurm)'
+        )
+    return int(rank), env["MASTER_ADDR"], int(env.get("MASTER_PORT", "29500"))
+
+
+def accelerate_config(cfg: FinetuneParams, dev: str) -> Path:
+    """The accelerate config file of a multi-process run, checked: it exists, and FSDP is not asked
+    of CPU processes (accelerate runs FSDP only on GPUs; on CPU it would silently run DDP)."""
+    path = Path(cfg.accelerate_config)
+    if not path.is_file():
+        raise InputError(
+            f"finetune.accelerate_config: {path} does not exist; use configs/accelerate/ddp.yaml or "
+            "configs/accelerate/fsdp.yaml (shipped), or an `accelerate config` file of your own"
+        )
+    if cfg.sharded() and dev == "cpu":
+        raise InputError(
+            f"finetune.accelerate_config: {path} asks for FSDP, which accelerate runs only on GPUs (several "
+            "CPU processes would silently run DDP); use configs/accelerate/ddp.yaml on CPU"
+        )
+    return path
+
+
+def launch(arm: str, cfg: FinetuneParams, on_cpu: bool) -> None:
+    """Re-run the finetune stage as `cfg.world_size()` workers through `accelerate launch`, with the
+    accelerate config `cfg.accelerate_config` (DDP or FSDP) and the machine counts from params."""
+    rank, address, port = machine(cfg.num_machines, os.environ)
+    if port is None:
+        with socket.socket() as sock:  # a free port, so parallel runs on one machine do not collide
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    # The configs select accelerate's torchrun launcher on CPU too (its --cpu mode needs MPI for several
+    # processes); the Trainer then runs gloo because TrainingArguments.use_cpu is set.
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
+        "--config_file",
+        cfg.accelerate_config,
         "--num_processes",
-        str(num_processes),
+        str(cfg.world_size()),
         "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        str(cfg.num_machines),
+        "--machine_rank",
+        str(rank),
+        *(["--main_process_ip", address] if address else []),
         "--main_process_port",
         str(port),
         "-m",
         "stages.finetune",
         arm,
     ]
-    log.info("launching %d processes: %s", num_processes, " ".join(cmd))
+    log.info("launching %d processes: %s", cfg.world_size(), " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
@@ -172,6 +209,22 @@ def arm_card(params: Params, arm: str, method: str, metrics: dict, args: Any) ->
     )
 
 
+def whole(trainer: Any, pruned: Path, folder: Path, method: str) -> Any:
+    """The trained model in one piece on the main process (None elsewhere). Under FSDP each process
+    holds a shard of every weight: `save_model` gathers the full state dict (the configs' FULL_STATE_DICT)
+    into `folder` on the main process, which reloads it: the adapter onto the pruned model, or the weights."""
+    from transformers import AutoModelForCausalLM
+
+    trainer.save_model(str(folder))  # collective: every process takes part
+    if not trainer.is_world_process_zero():
+        return None
+    if method != "lora":
+        return AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(pruned, "float32")[0], folder)
+
+
 def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) -> dict:
     """Train one arm (resuming from the newest complete checkpoint), save the merged model, the
     metrics and the loss curves; returns the headline numbers (empty on non-main processes)."""
@@ -186,8 +239,6 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     train_ex, counts = ft.encode_rows(train_rows, tok, cfg.max_seq_len, cfg.overlong)
     _, args = resolved(params, arm, run_dir, dev, world_size, len(train_ex))
     if not train_ex:
-        from sdd.errors import InputError
-
         raise InputError(
             f"arm {arm!r}: no training example left after finetune.overlong={cfg.overlong} at "
             f"max_seq_len={cfg.max_seq_len} ({counts}); raise finetune.max_seq_len"
@@ -225,8 +276,15 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     )
     if resume:
         log.info("resuming from %s", resume)
+    if cfg.sharded() != trainer.is_fsdp_enabled:
+        raise RuntimeError(
+            f"finetune.accelerate_config={cfg.accelerate_config} but accelerate runs "
+            f"{trainer.accelerator.distributed_type}; FSDP runs only in processes that `accelerate launch` "
+            "started on GPUs (finetune.num_processes > 1)"
+        )
     result = trainer.train(resume_from_checkpoint=resume)
     final = trainer.evaluate()
+    trained: Any = whole(trainer, paths.model_dir("pruned"), run_dir / "final", method) if cfg.sharded() else model
     if not trainer.is_world_process_zero() or curves is None:
         return {}
     history = trainer.state.log_history
@@ -239,6 +297,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         **ft.trainable_summary(model),
         "batching": cfg.batching,
         "num_processes": world_size,
+        "sharding": "fsdp" if trainer.is_fsdp_enabled else None,  # what accelerate actually ran
         "bf16": args.bf16,
         "device": dev,
         "resumed_from_step": ft.checkpoint_step(resume),
@@ -259,7 +318,6 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "tokens_per_second": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
     }
     curves.finish()
-    trained: Any = trainer.model
     with atomic_path(paths.model_dir(f"finetuned/{arm}")) as tmp:
         tmp.mkdir()
         if method == "lora":
