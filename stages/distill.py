@@ -6,12 +6,14 @@ Reads `<paths.prepared>/<ds>.parquet` and the base model, writes `<paths.distill
 (pandera `DISTILLED`), the headline metrics `<paths.metrics>/distill/<ds>.headline.json` and the
 details `<paths.metrics>/distill/<ds>.json`. Generation runs in chunks saved under
 `<paths.scratch>/distill/<ds>/<fingerprint>/`, so a killed run resumes where it stopped; the
-fingerprint covers the model, the input rows, the template and the sampling/engine settings.
+fingerprint covers the model, the input rows, the template and the sampling/engine settings. With
+`distill.engine_args.data_parallel_size` N > 1 the stage starts N copies of itself as workers (one
+engine each, sdd/generate/parallel.py), each generating its share of the chunks, then assembles them.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,14 +21,13 @@ from sdd.artifacts import read_parquet, to_frame, write_json, write_parquet
 from sdd.cache import PieceStore, tree_digest
 from sdd.config import load_params
 from sdd.data.answers import apply_selection
-from sdd.data.prompts import build_messages, render, template_for
+from sdd.data.prompts import template_for
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import require
-from sdd.generate.distill import generate_rewrites, run_key, summarize, token_budgets
+from sdd.generate.distill import encode_prompts, run_key, summarize
+from sdd.generate.parallel import rewrites, worker_shard
 from sdd.model.checkpoint import check_model_dir
 from sdd.runtime import log_params, run_stage, stage_args, timed
-
-log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> None:
@@ -35,9 +36,11 @@ def main(argv: list[str]) -> None:
     cfg, paths = params.distill, params.paths
     require(name, cfg.datasets, "distill.datasets")
     template = template_for(params.dataset(name).format)
-    log_params(f"distill@{name}", cfg)
+    shard = worker_shard(os.environ)
+    what = f"distill@{name}" + (f" worker {shard[0]} of {shard[1]}" if shard else "")
+    log_params(what, cfg)
     started = time.perf_counter()
-    with timed(f"distill@{name}") as summary:
+    with timed(what) as summary:
         df = read_parquet(paths.prepared_file(name), PREPARED, f"prepare@{name}")
         rows = df.astype(object).where(df.notna(), None).to_dict("records")
         model_dir = paths.model_dir("base")
@@ -45,22 +48,12 @@ def main(argv: list[str]) -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        prompts = [
-            tokenizer(render(tokenizer, build_messages(r, template)), add_special_tokens=False).input_ids for r in rows
-        ]
-        budgets = token_budgets(cfg, [len(tokenizer(r["response"], add_special_tokens=False).input_ids) for r in rows])
-        fits = [len(p) + b <= cfg.engine_args.max_model_len for p, b in zip(prompts, budgets, strict=True)]
-        if not all(fits):
-            log.warning(
-                "%d of %d prompts + their token budget exceed distill.engine_args.max_model_len=%d; those rows "
-                "keep their original response (reason prompt_too_long)",
-                fits.count(False),
-                len(rows),
-                cfg.engine_args.max_model_len,
-            )
+        prompts, budgets, fits = encode_prompts(tokenizer, rows, template, cfg)
         key = run_key(tree_digest(model_dir), rows, template, cfg)
         store = PieceStore(Path(paths.scratch) / "distill" / name, key)
-        run = generate_rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store, budgets)
+        run = rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store, budgets, argv)
+        if run is None:  # a data-parallel worker: its share of the chunks is in the store
+            return
         math = template.kind == "math"
         out = apply_selection(
             rows, run.generations, math, cfg.leak_phrases, cfg.min_length_ratio, cfg.end_at_answer_line

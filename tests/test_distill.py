@@ -1,5 +1,5 @@
 """distill@<ds>: prompt templates, the stage on a tiny random Llama (hf and vLLM engines), resume
-after a real kill, and clear errors on bad input."""
+after a real kill, data-parallel workers (a killed one's chunks redone), and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from sdd.artifacts import read_parquet, to_frame, write_parquet
 from sdd.config import load_params
 from sdd.data.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.generate import parallel
 
 from conftest import REPO, build_llama, build_tokenizer
 
@@ -332,3 +333,80 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model):
     assert metrics["chunks_reused"] == len(done) and metrics["chunks"] == 6
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # not regenerated
     pd.testing.assert_frame_equal(outputs(work, "gsm8k")[0], outputs(reference, "gsm8k")[0])
+
+
+# --- data-parallel workers -------------------------------------------------------------------------
+
+
+def test_worker_env_gives_each_engine_its_gpus_or_its_cores():
+    assert parallel.worker_shard({}) is None and parallel.worker_shard({parallel.WORKER: "1/2"}) == (1, 2)
+    gpus = ["4", "5", "6", "7"]
+    assert parallel.worker_env(1, 2, 2, gpus, [])["CUDA_VISIBLE_DEVICES"] == "6,7"
+    with pytest.raises(ValueError, match="data_parallel_size 2 x tensor_parallel_size 4 needs 8 GPUs but 4"):
+        parallel.worker_env(0, 2, 4, gpus, [])
+    cpu = [parallel.worker_env(r, 2, 1, [], [0, 1, 2, 3]) for r in range(2)]
+    assert [e["VLLM_CPU_OMP_THREADS_BIND"] for e in cpu] == ["0,1", "2,3"] and cpu[1]["OMP_NUM_THREADS"] == "2"
+    assert parallel.worker_env(2, 3, 1, [], [0, 1])["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # more engines than cores
+
+
+def worker_pid(stage_pid: int, rank: int, size: int, deadline: float) -> int | None:
+    """The pid of distill worker `rank` among the stage process's children, once it has started."""
+    wanted = f"{parallel.WORKER}={rank}/{size}".encode()
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{stage_pid}/task/{stage_pid}/children").read_text().split()
+        for pid in children:
+            try:
+                if wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return int(pid)
+            except OSError:
+                continue
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_workers_chunks_are_redone_and_finished_ones_kept(tmp_path, distill_model):
+    """Two hf workers (chunk c to worker c % 2): killing worker 1 fails the stage, keeps every chunk
+    already written, and the re-run regenerates only the missing ones; the result equals one engine's."""
+    big = {"sampling": {"max_tokens": 32}, "chunk_size": 2, "hf_batch_size": 2}
+    reference = make_workdir(tmp_path / "ref", distill_model, copies=4, **big)
+    run_ok(reference, "gsm8k")
+    two = {**big, "engine_args": {"data_parallel_size": 2}}
+    work = make_workdir(tmp_path / "killed", distill_model, copies=4, **two)
+    chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
+    proc = run_stage(work, "gsm8k", start_new_session=True)
+    deadline = time.monotonic() + 300
+    pid = worker_pid(proc.pid, 1, 2, deadline)
+    assert pid is not None, "worker 1 never started"
+    while not list(chunks.glob("*/chunk-00001.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)  # after its first chunk: chunks 3 and 5 are still to do
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "distill workers failed (rank: exit code) {1: -9}" in out, out
+    done = {p.name: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json")}
+    assert {"chunk-00000.json", "chunk-00001.json", "chunk-00002.json", "chunk-00004.json"} <= done.keys()
+    assert len(done) < 6 and not (work / "data" / "distilled" / "gsm8k.parquet").exists()
+
+    run_ok(work, "gsm8k")
+    df, metrics = outputs(work, "gsm8k")
+    assert metrics["chunks"] == 6 and metrics["chunks_reused"] == len(done)
+    assert {p.name: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json") if p.name in done} == done
+    pd.testing.assert_frame_equal(df, outputs(reference, "gsm8k")[0])
+
+
+@pytest.mark.slow
+def test_two_vllm_engines_write_what_one_writes(tmp_path, distill_model):
+    vllm = {
+        "engine": "vllm",
+        "chunk_size": 2,
+        "engine_args": {"enforce_eager": True, "gpu_memory_utilization": 0.05, "max_model_len": 2048},
+    }
+    one = make_workdir(tmp_path / "one", distill_model, copies=2, **vllm)
+    run_ok(one, "gsm8k")
+    vllm["engine_args"] = {**vllm["engine_args"], "data_parallel_size": 2}
+    two = make_workdir(tmp_path / "two", distill_model, copies=2, **vllm)
+    out = run_ok(two, "gsm8k")
+    assert "distill worker 1 of 2 started" in out
+    df, metrics = outputs(two, "gsm8k")
+    assert metrics["chunks"] == 3 and metrics["chunks_reused"] == 0 and metrics["generated_tokens_per_s"] > 0
+    pd.testing.assert_frame_equal(df, outputs(one, "gsm8k")[0])

@@ -33,6 +33,16 @@ class SpeculateParams(Section):
     prompts: SpeculatePrompts = SpeculatePrompts()
     engine_args: EngineParams = EngineParams()
 
+    @field_validator("engine_args")
+    @classmethod
+    def _one_engine(cls, value: EngineParams) -> EngineParams:
+        if value.data_parallel_size != 1:
+            raise ValueError(
+                "speculate.engine_args.data_parallel_size must be 1: acceptance is measured on one target + draft "
+                "engine (data parallelism is for distill.engine_args)"
+            )
+        return value
+
     @field_validator("drafts")
     @classmethod
     def _draft_names(cls, value: dict[str, str]) -> dict[str, str]:

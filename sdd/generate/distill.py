@@ -19,7 +19,7 @@ from typing import Any
 
 from sdd.cache import PieceStore, fingerprint
 from sdd.config.distill import DistillParams
-from sdd.data.prompts import Template
+from sdd.data.prompts import Template, build_messages, render
 from sdd.data.prompts import fingerprint as template_fingerprint
 from sdd.generate import engines
 from sdd.generate.engines import Generation
@@ -32,7 +32,8 @@ def run_key(model_digest: str, rows: list[dict], template: Template, cfg: Distil
     """Cache key of the generations: what changes any generated text changes this key."""
     settings = {
         "engine": cfg.engine,
-        "engine_args": cfg.engine_args.model_dump(),
+        # not data_parallel_size: a chunk's text does not depend on which engine made it
+        "engine_args": cfg.engine_args.model_dump(exclude={"data_parallel_size"}),
         "sampling": cfg.sampling.model_dump(),
         "chunk_size": cfg.chunk_size,
         "hf_batch_size": cfg.hf_batch_size if cfg.engine == "hf" else None,
@@ -56,6 +57,27 @@ def token_budgets(cfg: DistillParams, response_tokens: list[int]) -> list[int]:
     if cfg.budget_ratio is None:
         return [cap] * len(response_tokens)
     return [min(cap, max(cfg.budget_floor, math.ceil(cfg.budget_ratio * n))) for n in response_tokens]
+
+
+def encode_prompts(
+    tokenizer: Any, rows: list[dict], template: Template, cfg: DistillParams
+) -> tuple[list[list[int]], list[int], list[bool]]:
+    """(prompt token ids, token budget, whether prompt + budget fit max_model_len) of each row; rows
+    that do not fit keep their original response (reason prompt_too_long), with a warning."""
+    prompts = [
+        tokenizer(render(tokenizer, build_messages(r, template)), add_special_tokens=False).input_ids for r in rows
+    ]
+    budgets = token_budgets(cfg, [len(tokenizer(r["response"], add_special_tokens=False).input_ids) for r in rows])
+    fits = [len(p) + b <= cfg.engine_args.max_model_len for p, b in zip(prompts, budgets, strict=True)]
+    if not all(fits):
+        log.warning(
+            "%d of %d prompts + their token budget exceed distill.engine_args.max_model_len=%d; those rows "
+            "keep their original response (reason prompt_too_long)",
+            fits.count(False),
+            len(rows),
+            cfg.engine_args.max_model_len,
+        )
+    return prompts, budgets, fits
 
 
 def request_seed(seed: int, row_id: str) -> int:
@@ -124,13 +146,18 @@ def generate_rewrites(
     fits: list[bool],
     store: PieceStore,
     budgets: list[int] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Rewrites:
     """Candidates for every row (an empty list where the prompt does not fit), chunk by chunk;
-    each finished chunk is saved to `store` and read back on a re-run."""
+    each finished chunk is saved to `store` and read back on a re-run. With `shard` (rank, size)
+    only the chunks c with c % size == rank (a data-parallel worker's share; the others are left out)."""
     engine, out = Engine(cfg, model_dir), Rewrites()
     budgets = budgets or [cfg.sampling.max_tokens] * len(prompts)
+    rank, size = shard
     try:
         for c, start in enumerate(range(0, len(prompts), cfg.chunk_size)):
+            if c % size != rank:
+                continue
             part = range(start, min(start + cfg.chunk_size, len(prompts)))
             ids = [row_ids[i] for i in part]
             saved = store.load(f"chunk-{c:05d}", ids)
@@ -159,6 +186,19 @@ def generate_rewrites(
     finally:
         engine.close()
     return out
+
+
+def combine(assembled: Rewrites, workers: list[Rewrites]) -> Rewrites:
+    """The run of data-parallel workers as one: the texts the main process assembled from the store,
+    the work and the wall time of the workers (they ran side by side: the longest one counts)."""
+    return Rewrites(
+        generations=assembled.generations,
+        chunks=assembled.chunks,
+        chunks_reused=sum(w.chunks_reused for w in workers),
+        generation_seconds=max(w.generation_seconds for w in workers),
+        engine_start_seconds=max(w.engine_start_seconds for w in workers),
+        generated_tokens=sum(w.generated_tokens for w in workers),
+    )
 
 
 def summarize(df, run: Rewrites) -> dict:
