@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig
 
+from bench.gpu_hours import LLAMA31_8B
 from sdd.config.finetune import FinetuneParams
 from sdd.errors import InputError
 from sdd.model import memory
@@ -13,15 +14,7 @@ from sdd.model import training as ft
 
 from conftest import build_llama
 
-LLAMA31_8B_PRUNED = LlamaConfig(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=26,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
+LLAMA31_8B_PRUNED = LlamaConfig(**{**LLAMA31_8B.to_dict(), "num_hidden_layers": 26})  # the paper's 32 -> 26
 
 
 @pytest.mark.parametrize("method", ["lora", "last_layers", "full"])

@@ -21,10 +21,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sdd.config.engine import EngineParams, SamplingParams
 from sdd.errors import InputError
+from sdd.model.shapes import kv_bytes_per_token
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,9 @@ class Generation:
 
 
 def kv_cache_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
-    """Keys and values of one token over every layer: 2 x layers x KV heads x head dim x bytes."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+    """Keys and values of one token over every layer of the model in `model_dir`."""
+    config = SimpleNamespace(**json.loads((Path(model_dir) / "config.json").read_text()))
+    return kv_bytes_per_token(config, 4 if dtype == "float32" else 2)
 
 
 def available_memory_bytes() -> int:

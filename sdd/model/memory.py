@@ -17,17 +17,11 @@ import os
 from collections.abc import Mapping
 
 from sdd.errors import InputError
-from sdd.model.pruning import parameter_count
+from sdd.model.pruning import layer_parameters, parameter_count
+from sdd.model.shapes import kv_bytes_per_token, layer_matmul_shapes
 
 GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def kv_bytes_per_token(config, dtype: str) -> int:
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * BYTES[dtype]
 
 
 def trainable_estimate(config, method: str, lora_rank: int, lora_targets: list[str], last_n: int) -> int:
@@ -36,17 +30,12 @@ def trainable_estimate(config, method: str, lora_rank: int, lora_targets: list[s
     too when tied); full trains everything."""
     if method == "full":
         return parameter_count(config)
-    d, inter = config.hidden_size, config.intermediate_size
-    heads = config.num_attention_heads
-    kv = (getattr(config, "num_key_value_heads", None) or heads) * (getattr(config, "head_dim", None) or d // heads)
-    q = heads * (getattr(config, "head_dim", None) or d // heads)
-    shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
-    shapes |= {"gate_proj": (d, inter), "up_proj": (d, inter), "down_proj": (inter, d)}
     if method == "lora":
+        shapes = layer_matmul_shapes(config)
         per_layer = sum(lora_rank * (i + o) for name, (i, o) in shapes.items() if name in lora_targets)
         return per_layer * config.num_hidden_layers
-    layer = sum(i * o for i, o in shapes.values()) + 2 * d
-    return last_n * layer + d + config.vocab_size * d
+    d = config.hidden_size
+    return last_n * layer_parameters(config) + d + config.vocab_size * d
 
 
 def training_memory(config, method: str, trainable: int, batch_tokens: int, shards: int = 1) -> dict[str, int]:
@@ -68,7 +57,7 @@ def inference_memory(config, dtype: str, tokens_in_flight: int) -> dict[str, int
     """Bytes for generation: the weights and the KV cache of every sequence in flight."""
     return {
         f"weights ({dtype})": BYTES[dtype] * parameter_count(config),
-        "KV cache": kv_bytes_per_token(config, dtype) * tokens_in_flight,
+        "KV cache": kv_bytes_per_token(config, BYTES[dtype]) * tokens_in_flight,
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from sdd.errors import InputError
+from sdd.model.shapes import attention_shape, config_value, layer_matmul_shapes
 
 
 def check_block(num_layers: int, start: int, n_layers: int) -> None:
@@ -76,38 +77,21 @@ def drop_layers(model, start: int, n_layers: int) -> list[int]:
     return removed
 
 
-def _get(config, *names, default=None):
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return default
-
-
-def _attention_shape(config) -> tuple[int, int, int]:
-    heads = config.num_attention_heads
-    kv_heads = _get(config, "num_key_value_heads", default=heads)
-    head_dim = _get(config, "head_dim", default=config.hidden_size // heads)
-    return heads, kv_heads, head_dim
-
-
 def layer_matmul_parameters(config) -> int:
     """Weights of one Llama-style decoder layer's linear maps (attention q/k/v/o, gated MLP
     gate/up/down): what a token is multiplied through. No biases, no norms."""
-    d, inter = config.hidden_size, config.intermediate_size
-    heads, kv_heads, head_dim = _attention_shape(config)
-    return 2 * d * heads * head_dim + 2 * d * kv_heads * head_dim + 3 * d * inter
+    return sum(i * o for i, o in layer_matmul_shapes(config).values())
 
 
 def layer_parameters(config) -> int:
     """Parameters of one Llama-style decoder layer: the linear maps' weights, their biases where the
     config has them, and the two RMSNorms."""
     d, inter = config.hidden_size, config.intermediate_size
-    heads, kv_heads, head_dim = _attention_shape(config)
+    heads, kv_heads, head_dim = attention_shape(config)
     biases = 0
-    if _get(config, "attention_bias", default=False):
+    if config_value(config, "attention_bias", default=False):
         biases += heads * head_dim + 2 * kv_heads * head_dim + d
-    if _get(config, "mlp_bias", default=False):
+    if config_value(config, "mlp_bias", default=False):
         biases += 2 * inter + d
     return layer_matmul_parameters(config) + biases + 2 * d
 
@@ -135,7 +119,7 @@ def flops_per_token(config, context: int = 0) -> int:
     """
     head = config.vocab_size * config.hidden_size
     matmul_params = config.num_hidden_layers * layer_matmul_parameters(config) + head
-    heads, _, head_dim = _attention_shape(config)
+    heads, _, head_dim = attention_shape(config)
     return 2 * matmul_params + 2 * config.num_hidden_layers * context * heads * head_dim
 
 
