@@ -13,7 +13,6 @@ comes from the artifacts; nothing is typed in.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -183,7 +182,7 @@ def render(args, params, report, rec_rows, kl_rows, per_dataset, per_arm, second
         cells += [f"{k['kl']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" if k else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"![recovery]({figures.name}/recovery.svg)", "", f"![KL]({figures.name}/kl.svg)", ""]
-    lines += ["## Comparisons", "", "```", json.dumps(_brief(comparisons), indent=1), "```", ""]
+    lines += comparison_table(comparisons)
     lines += ["## Distilled share", "", "| dataset | rows | kept rewrites | share | fallbacks (reason: rows) |"]
     lines += ["|---|---|---|---|---|"]
     for ds, d in per_dataset.items():
@@ -217,20 +216,34 @@ def render(args, params, report, rec_rows, kl_rows, per_dataset, per_arm, second
     return "\n".join(lines) + "\n"
 
 
-def _brief(comparisons: dict) -> dict:
-    keep = ("difference", "ci_low", "ci_high")
-    out = {}
+def _ci(c: dict | None, scale: float = 100.0, digits: int = 2) -> str:
+    """ "difference [low, high]" of one bootstrap result, in points (x100) or raw."""
+    if not c:
+        return "—"
+    low, high = c.get("ci_low"), c.get("ci_high")
+    ci = "no CI" if low is None or high is None else f"[{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    return f"{scale * c['difference']:+.{digits}f} {ci}"
+
+
+def comparison_table(comparisons: dict) -> list[str]:
+    """Every report.compare pair: the paired 95% CIs (items, prompts), the seeds behind each side,
+    the difference seed by seed and the between-seed range, and the verdict."""
+    head = ["a − b", "seeds (a; b)", "Δ average, points", "Δ above-chance average, points"]
+    head += ["Δ above-chance, seed by seed", "between-seed range", "Δ KL", "Δ top-1 agreement, points"]
+    head += ["Δ perplexity", "verdict"]
+    note = "Paired bootstrap, 95% CI, items (or prompts) resampled; replicates averaged per item."
+    lines = ["## Comparisons", "", note, ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for pair, c in comparisons.items():
-        out[pair] = {k: _round(c[k]) for k in keep} | {"above_chance": {k: _round(c["above_chance"][k]) for k in keep}}
-        if "fidelity" in c:
-            out[pair]["fidelity"] = {m: {k: _round(v[k], 5) for k in keep} for m, v in c["fidelity"].items()}
-        out[pair]["seed_spread"] = {k: {"range": _round(v["range"])} for k, v in c.get("seed_spread", {}).items()}
-        out[pair]["verdict"] = c.get("verdict")
-    return out
-
-
-def _round(x, digits: int = 4):
-    return None if x is None else round(x, digits)
+        fid = c.get("fidelity", {})
+        spread = c.get("seed_spread", {}).get("average_above_chance") or {}
+        per_seed = ", ".join(f"{100 * d:+.2f}" for d in spread.get("per_seed_differences", [])) or "—"
+        cells = [f"`{pair}`", f"{', '.join(c['seeds']['a'])}; {', '.join(c['seeds']['b'])}"]
+        cells += [_ci(c), _ci(c.get("above_chance")), per_seed]
+        cells += [f"{100 * spread['range']:.2f}" if spread else "—", _ci(fid.get("kl"), 1.0, 4)]
+        cells += [_ci(fid.get("top1_agreement")), _ci(fid.get("perplexity"), 1.0, 3), c["verdict"]["claim"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pytest
 from transformers import LlamaConfig
 
 from sdd.eval import report, stats
+from sdd.study import comparison_table
 
 
 def table(rows: list[tuple]) -> pd.DataFrame:
@@ -395,3 +396,6 @@ def test_report_pairs_seed_averaged_replicates_and_their_fidelity():
         and "**verdict (above-chance average)**: a > b" in text
     )
     assert "fidelity, a − b over 40 paired prompts" in text
+    row = next(line for line in comparison_table(summary["comparisons"]) if line.startswith("| `a-b`"))
+    assert "| a, a_s1; b, b_s1 |" in row and row.endswith("| a > b |"), row
+    assert f"{100 * pair['difference']:+.2f} [" in row and f"{pair['fidelity']['kl']['difference']:+.4f} [" in row
