@@ -97,7 +97,7 @@ def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tm
     assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
     assert (repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # a dry run changes nothing
     stages, _ = dry_stages(repo, "smollm2-study.yaml")
-    arms = {"sft", "sft_seed1", "sft_seed2", "sdd", "sdd_seed1", "sdd_seed2", "sdd_gsm8k", "sdd_alpaca"}
+    arms = {"sft", "sft_seed1", "sdd", "sdd_seed1", "sdd_gsm8k", "sdd_alpaca"}
     models = {"base", "pruned", "sdd_merged"} | arms - {"sdd_gsm8k", "sdd_alpaca"}
     assert {f"finetune@{a}" for a in arms} <= stages and {f"evaluate@{m}" for m in models} <= stages
     assert {"distill@gsm8k", "distill@alpaca", "merge@sdd_merged", "report", "publish"} <= stages
