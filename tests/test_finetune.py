@@ -361,10 +361,11 @@ def test_two_fsdp_processes_follow_the_one_process_run(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal on a machine without GPUs")
 def test_fsdp_on_cpu_is_refused_not_run_as_ddp(project):
+    Path("my_sharding.yaml").write_text((REPO / "configs/accelerate/fsdp.yaml").read_text())  # FSDP by content
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["finetune"].update(num_processes=2, accelerate_config=str(REPO / "configs/accelerate/fsdp.yaml"))
+    params["finetune"].update(num_processes=2, accelerate_config="my_sharding.yaml")
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(InputError, match="asks for FSDP, which accelerate runs only on GPUs"):
+    with pytest.raises(InputError, match="my_sharding.yaml asks for FSDP, which accelerate runs only on GPUs"):
         stage.main(["sft"])
 
 

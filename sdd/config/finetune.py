@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, field_validator, model_validator
 
 from sdd.config.base import Dtype, Section
@@ -108,8 +109,12 @@ class FinetuneParams(Section):
         return self.num_processes * self.num_machines
 
     def sharded(self) -> bool:
-        """Whether the weights, gradients and optimizer state are split over the processes (FSDP)."""
-        return self.world_size() > 1 and Path(self.accelerate_config).stem.startswith("fsdp")
+        """Whether the weights, gradients and optimizer state are split over the processes: the
+        accelerate config's `distributed_type` is FSDP (shipped: configs/accelerate/fsdp.yaml)."""
+        path = Path(self.accelerate_config)
+        if self.world_size() == 1 or not path.is_file():
+            return False
+        return (yaml.safe_load(path.read_text()) or {}).get("distributed_type") == "FSDP"
 
     save_dtype: Dtype = "bfloat16"
 

@@ -88,7 +88,7 @@ def machine(num_machines: int, env: Mapping[str, str]) -> tuple[int, str | None,
         return 0, None, None
     rank = next((env[k] for k in ("MACHINE_RANK", "NODE_RANK", "SLURM_NODEID") if k in env), None)
     if rank is None or "MASTER_ADDR" not in env:
-        raise ValueError(
+        raise InputError(
             f"finetune.num_machines={num_machines} needs MASTER_ADDR (the first machine's address) and the "
             "machine rank (SLURM_NODEID, MACHINE_RANK or NODE_RANK) from the launcher: e.g. launch.finetune: "
             '"srun --nodes=2 --ntasks-per-node=1 --export=ALL,MASTER_ADDR=<first node>" (README: Slurm)'
