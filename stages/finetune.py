@@ -20,6 +20,8 @@ from pathlib import Path
 from sdd.artifacts import read_json
 from sdd.cache import file_digest, fingerprint, keyed_dir
 from sdd.config import load_params
+from sdd.config.finetune import sharded
+from sdd.config.finetune import world_size as processes
 from sdd.errors import require
 from sdd.model import memory, pruning
 from sdd.model.checkpoint import check_model_dir
@@ -32,10 +34,10 @@ def check_memory(arm: str, cfg, model_dir: Path, dev: str) -> None:
     config = pruning.config_from_dict(read_json(model_dir / "config.json"))
     method = cfg.arms[arm].method or cfg.method
     trainable = memory.trainable_estimate(config, method, cfg.lora.rank, cfg.lora.target_modules, cfg.last_layers.n)
-    shards = cfg.world_size() if cfg.sharded() else 1
+    shards = processes(cfg) if sharded(cfg) else 1
     need = memory.training_memory(config, method, trainable, cfg.batch_size * cfg.max_seq_len, shards)
     fixes = ["lower finetune.batch_size (raise grad_accum to keep the effective batch) or finetune.max_seq_len"]
-    if method == "full" and not cfg.sharded():
+    if method == "full" and not sharded(cfg):
         fixes += ["use finetune.method: lora, or shard it: finetune.accelerate_config: configs/accelerate/fsdp.yaml"]
     else:
         fixes += ["use more processes (FSDP shards the weights) or GPUs with more memory"]
@@ -50,9 +52,9 @@ def main(argv: list[str]) -> None:
     spec, dev = cfg.arms[arm], device()
     model_dir, run_dir = paths.model_dir("pruned"), Path(paths.scratch) / "finetune" / arm
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if os.environ.get(LAUNCHED) and world_size != cfg.world_size():
+    if os.environ.get(LAUNCHED) and world_size != processes(cfg):
         raise RuntimeError(
-            f"launched as one of {cfg.world_size()} processes but WORLD_SIZE={world_size}; "
+            f"launched as one of {processes(cfg)} processes but WORLD_SIZE={world_size}; "
             f"the accelerate launcher did not start a distributed run"
         )
     if not os.environ.get(LAUNCHED):  # the launching process checks inputs and owns the checkpoint folder
@@ -64,13 +66,13 @@ def main(argv: list[str]) -> None:
             for data in (spec.data, dict.fromkeys(spec.data, "original")):
                 teacher_lookup(paths, data)
         inputs = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"] + arm_inputs(paths, spec)
-        if cfg.world_size() > 1:
+        if processes(cfg) > 1:
             inputs.append(accelerate_config(cfg, dev))
         keyed_dir(
             run_dir,
             fingerprint({"settings": cfg.training_settings(), "arm": spec.model_dump(), "inputs": file_digest(inputs)}),
         )
-        if cfg.world_size() > 1:
+        if processes(cfg) > 1:
             launch(arm, cfg, dev == "cpu")
             return
     with timed(f"finetune@{arm}") as summary:

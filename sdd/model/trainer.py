@@ -24,7 +24,7 @@ from typing import Any
 
 from sdd.artifacts import atomic_path, read_parquet, write_json
 from sdd.config import Params
-from sdd.config.finetune import ArmParams, FinetuneParams
+from sdd.config.finetune import ArmParams, FinetuneParams, sharded, world_size
 from sdd.config.paths import Paths
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
@@ -105,7 +105,7 @@ def accelerate_config(cfg: FinetuneParams, dev: str) -> Path:
             f"finetune.accelerate_config: {path} does not exist; use configs/accelerate/ddp.yaml or "
             "configs/accelerate/fsdp.yaml (shipped), or an `accelerate config` file of your own"
         )
-    if cfg.sharded() and dev == "cpu":
+    if sharded(cfg) and dev == "cpu":
         raise InputError(
             f"finetune.accelerate_config: {path} asks for FSDP, which accelerate runs only on GPUs (several "
             "CPU processes would silently run DDP); use configs/accelerate/ddp.yaml on CPU"
@@ -114,7 +114,7 @@ def accelerate_config(cfg: FinetuneParams, dev: str) -> Path:
 
 
 def launch(arm: str, cfg: FinetuneParams, on_cpu: bool) -> None:
-    """Re-run the finetune stage as `cfg.world_size()` workers through `accelerate launch`, with the
+    """Re-run the finetune stage as `world_size(cfg)` workers through `accelerate launch`, with the
     accelerate config `cfg.accelerate_config` (DDP or FSDP) and the machine counts from params."""
     rank, address, port = machine(cfg.num_machines, os.environ)
     if port is None:
@@ -130,7 +130,7 @@ def launch(arm: str, cfg: FinetuneParams, on_cpu: bool) -> None:
         "--config_file",
         cfg.accelerate_config,
         "--num_processes",
-        str(cfg.world_size()),
+        str(world_size(cfg)),
         "--num_machines",
         str(cfg.num_machines),
         "--machine_rank",
@@ -142,7 +142,7 @@ def launch(arm: str, cfg: FinetuneParams, on_cpu: bool) -> None:
         "stages.finetune",
         arm,
     ]
-    log.info("launching %d processes: %s", cfg.world_size(), " ".join(cmd))
+    log.info("launching %d processes: %s", world_size(cfg), " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, LAUNCHED: "1", **({"OMP_NUM_THREADS": "1"} if on_cpu else {})})
 
 
@@ -276,7 +276,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     )
     if resume:
         log.info("resuming from %s", resume)
-    if cfg.sharded() != trainer.is_fsdp_enabled:
+    if sharded(cfg) != trainer.is_fsdp_enabled:
         raise RuntimeError(
             f"finetune.accelerate_config={cfg.accelerate_config} but accelerate runs "
             f"{trainer.accelerator.distributed_type}; FSDP runs only in processes that `accelerate launch` "
@@ -284,7 +284,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         )
     result = trainer.train(resume_from_checkpoint=resume)
     final = trainer.evaluate()
-    trained: Any = whole(trainer, paths.model_dir("pruned"), run_dir / "final", method) if cfg.sharded() else model
+    trained: Any = whole(trainer, paths.model_dir("pruned"), run_dir / "final", method) if sharded(cfg) else model
     if not trainer.is_world_process_zero() or curves is None:
         return {}
     history = trainer.state.log_history
