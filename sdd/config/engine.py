@@ -15,9 +15,7 @@ class EngineParams(Section):
     gpu_memory_utilization: float = Field(default=0.15, gt=0.0, le=1.0)
     enforce_eager: bool = True
     tensor_parallel_size: int = Field(default=1, ge=1)
-    data_parallel_size: int = Field(
-        default=1, ge=1
-    )  # distill: engines side by side, each on its own share of the chunks
+    data_parallel_size: int = Field(default=1, ge=1)  # distill only: engines side by side
     seed: int = 0
 
 
