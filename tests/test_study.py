@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from sdd import study
+from sdd.artifacts import read_json
 from sdd.plots import to_svg
 
 
@@ -43,3 +44,49 @@ def test_kl_ci_and_the_interval_chart_draw_every_model():
     svg = to_svg(study.interval_chart(rows, "kl", "KL"))
     assert len(re.findall(r'aria-roledescription="point"', svg)) == 3
     assert all(f">{m}<" in svg for m in ("pruned", "sft", "sdd"))
+
+
+def _run_tree(root, scores: dict[str, np.ndarray], kl: dict[str, float], params) -> None:
+    """A run's evaluation outputs as the study report reads them: per-item samples, per-prompt
+    fidelity and the report's per-model summary."""
+    from sdd.artifacts import to_frame, write_json, write_parquet
+    from sdd.data.schemas import EVAL_SAMPLES
+    from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
+
+    paths, n = params.paths, len(next(iter(scores.values())))
+    for m, s in scores.items():
+        rows = pd.DataFrame({"model": m, "task": "arc_challenge", "subtask": "arc_challenge", "doc_id": range(n)})
+        rows = rows.assign(doc_hash="h", score=s, chance=0.25, target="0", prediction="0")
+        write_parquet(to_frame(rows.to_dict("records"), EVAL_SAMPLES), root / paths.eval_samples_file(m), EVAL_SAMPLES)
+        fid = pd.DataFrame({"prompt_set": "p", "id": [f"q{i}" for i in range(40)], "tokens": 10})
+        fid = fid.assign(kl_sum=kl[m] * 10 * np.linspace(0.5, 1.5, 40), top1_sum=5.0, nll_sum=20.0, ref_nll_sum=20.0)
+        write_parquet(fid, per_prompt_file(root / paths.eval, m), FIDELITY_PER_PROMPT)
+    models = {m: {"average": s.mean(), "average_above_chance": s.mean()} for m, s in scores.items()}
+    write_json(root / paths.metrics_file("report"), {"models": models, "above_chance_tasks": ["arc_challenge"]})
+
+
+def test_across_runs_pairs_each_model_with_itself_in_the_earlier_run(tmp_path, monkeypatch):
+    from sdd.config import load_params
+
+    from conftest import REPO
+
+    params = load_params(REPO / "params.yaml")
+    params = params.model_copy(
+        update={"report": params.report.model_copy(update={"replicates": {"sdd": ["sdd_seed1"]}})}
+    )
+    before = (np.random.default_rng(0).random(200) < 0.4) * 1.0
+    after = before.copy()
+    after[np.flatnonzero(before == 0)[:40]] = 1.0  # 40 of 200 items gained: +0.2, the same in both seeds
+    earlier, now = tmp_path / "earlier", tmp_path / "now"
+    _run_tree(earlier, {"sdd": before, "sdd_seed1": before}, {"sdd": 0.8, "sdd_seed1": 0.8}, params)
+    _run_tree(now, {"sdd": after, "sdd_seed1": after}, {"sdd": 0.6, "sdd_seed1": 0.6}, params)
+    monkeypatch.chdir(now)
+    result = study.across_runs(earlier, ["sdd"], params, read_json(now / params.paths.metrics_file("report")))
+    c = result["sdd (this run) - sdd (earlier)"]
+    assert c["seeds"] == {
+        "a": ["sdd (this run)", "sdd_seed1 (this run)"],
+        "b": ["sdd (earlier)", "sdd_seed1 (earlier)"],
+    }
+    assert c["above_chance"]["difference"] == pytest.approx(0.2) and 0 < c["above_chance"]["ci_low"] < 0.2
+    assert c["fidelity"]["kl"]["difference"] == pytest.approx(-0.2) and c["verdict"]["claim"] == "a > b"
+    assert "| `sdd (this run) - sdd (earlier)` |" in "\n".join(study.comparison_table(result))

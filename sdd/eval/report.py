@@ -89,7 +89,7 @@ def summarise(
         f"{a}-{b}": compared
         for a, b in compare
         if (
-            compared := _compare(
+            compared := compare_models(
                 a, b, models, samples, fidelity or {}, replicates or {}, above, bootstrap, confidence, seed
             )
         )
@@ -120,7 +120,7 @@ FIDELITY_KEYS = ["prompt_set", "id"]
 FIDELITY_SUMS = ["tokens", "kl_sum", "top1_sum", "nll_sum"]
 
 
-def _compare(
+def compare_models(
     a: str,
     b: str,
     models: dict,

