@@ -4,6 +4,7 @@ merged checkpoint, bad input, two gloo processes (DDP and FSDP) against one, and
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -446,3 +447,36 @@ def test_rerun_after_a_finished_run_trains_exactly_max_steps(tmp_path):
     assert after["resumed_from_step"] == 3 and after["steps"] == before["steps"] == 6
     assert after["val_loss"] == before["val_loss"] and after["tokens_seen"] == before["tokens_seen"]
     assert (tmp_path / "data/models/finetuned/sft/model.safetensors").read_bytes() == weights
+
+
+SAVE_ADAPTER = """
+import json
+import sys
+from pathlib import Path
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+from sdd.model.checkpoint import save_adapter
+config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=modules))
+out = Path(sys.argv[1])
+model.save_pretrained(out / "peft")
+save_adapter(model, out / "ours")
+print(json.dumps({how: (out / how / "adapter_config.json").read_text() for how in ("peft", "ours")}))
+"""
+
+
+def test_the_same_adapter_is_saved_as_the_same_files_whatever_the_hash_seed(tmp_path):
+    """peft writes target_modules in set order, which follows PYTHONHASHSEED (hash seeds 0 and 1
+    give two orders); save_adapter writes the same file in every process, so an unchanged model
+    keeps its digest and nothing after it re-runs."""
+
+    def saved(seed: int) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": str(seed)}
+        cmd = [sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed))]
+        return json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+
+    first, second = saved(0), saved(1)
+    assert first["peft"] != second["peft"], "peft now writes a stable order: save_adapter's sorting can go"
+    assert first["ours"] == second["ours"]
+    assert '"target_modules": [\n    "down_proj",\n    "gate_proj",' in first["ours"]

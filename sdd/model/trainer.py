@@ -30,7 +30,7 @@ from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
 from sdd.model import training as ft
 from sdd.model.card import Card, dataset_ids, how_of, lineage, write_card
-from sdd.model.checkpoint import load_model, save_model
+from sdd.model.checkpoint import load_model, save_adapter, save_model
 
 log = logging.getLogger(__name__)
 LAUNCHED = "SDD_FINETUNE_LAUNCHED"  # set for the workers that `launch` starts: they must not launch again
@@ -321,7 +321,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     with atomic_path(paths.model_dir(f"finetuned/{arm}")) as tmp:
         tmp.mkdir()
         if method == "lora":
-            trained.save_pretrained(tmp / "adapter")
+            save_adapter(trained, tmp / "adapter")
             merged = trained.merge_and_unload()
         else:
             merged = trained
