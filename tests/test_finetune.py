@@ -438,6 +438,7 @@ def test_rerun_after_a_finished_run_trains_exactly_max_steps(tmp_path):
     assert first.wait(timeout=600) == 0, first.stdout.read()
     before = read_json(tmp_path / "metrics/finetune/sft.json")
     weights = (tmp_path / "data/models/finetuned/sft/model.safetensors").read_bytes()
+    files = folder_bytes(tmp_path / "data/models/finetuned/sft")
     assert (tmp_path / ".sdd-scratch/finetune/sft/checkpoints/checkpoint-6").is_dir()
 
     again = run_stage(tmp_path, "sft")
@@ -447,6 +448,21 @@ def test_rerun_after_a_finished_run_trains_exactly_max_steps(tmp_path):
     assert after["resumed_from_step"] == 3 and after["steps"] == before["steps"] == 6
     assert after["val_loss"] == before["val_loss"] and after["tokens_seen"] == before["tokens_seen"]
     assert (tmp_path / "data/models/finetuned/sft/model.safetensors").read_bytes() == weights
+    assert files == folder_bytes(tmp_path / "data/models/finetuned/sft")  # the adapter's config too: same digest
+    assert 0 < after["tokens_per_second"] and after["tokens_seen"] == before["tokens_seen"]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_resumed_runs_throughput_counts_its_own_tokens(tmp_path):
+    assert ft.tokens_at(None) == 0
+    (tmp_path / "checkpoint-114").mkdir()
+    (tmp_path / "checkpoint-114" / "trainer_state.json").write_text(
+        '{"global_step": 114, "num_input_tokens_seen": 133306}'
+    )
+    assert ft.tokens_at(str(tmp_path / "checkpoint-114")) == 133306
 
 
 SAVE_ADAPTER = """

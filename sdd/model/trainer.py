@@ -315,7 +315,10 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "eval_steps": args.eval_steps,
         "save_steps": args.save_steps,
         "share_outside_optimizer_steps": round(1 - timer.seconds / result.metrics["train_runtime"], 3),
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / result.metrics["train_runtime"], 1),
+        # this run's tokens only: a resumed run trained on the tokens after its checkpoint
+        "tokens_per_second": round(
+            (trainer.state.num_input_tokens_seen - ft.tokens_at(resume)) / result.metrics["train_runtime"], 1
+        ),
     }
     curves.finish()
     with atomic_path(paths.model_dir(f"finetuned/{arm}")) as tmp:

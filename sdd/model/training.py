@@ -354,6 +354,14 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
     return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else None
 
 
+def tokens_at(checkpoint: str | None) -> int:
+    """Input tokens the run had seen when `checkpoint` was saved (0 without one): a resumed run's
+    throughput counts only the tokens it trained on itself."""
+    if not checkpoint:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0))
+
+
 # Trainer log key -> dvclive curve name (files plots/metrics/<name>.tsv).
 CURVES = {"loss": "train/loss", "eval_val_loss": "val/loss", "eval_val_original_loss": "val_original/loss"}
 
