@@ -282,6 +282,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
             f"{trainer.accelerator.distributed_type}; FSDP runs only in processes that `accelerate launch` "
             "started on GPUs (finetune.num_processes > 1)"
         )
+    resumed_tokens = ft.tokens_at(resume)  # read now: the trainer rotates old checkpoints away
     result = trainer.train(resume_from_checkpoint=resume)
     final = trainer.evaluate()
     trained: Any = whole(trainer, paths.model_dir("pruned"), run_dir / "final", method) if sharded(cfg) else model
@@ -317,7 +318,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "share_outside_optimizer_steps": round(1 - timer.seconds / result.metrics["train_runtime"], 3),
         # this run's tokens only: a resumed run trained on the tokens after its checkpoint
         "tokens_per_second": round(
-            (trainer.state.num_input_tokens_seen - ft.tokens_at(resume)) / result.metrics["train_runtime"], 1
+            (trainer.state.num_input_tokens_seen - resumed_tokens) / result.metrics["train_runtime"], 1
         ),
     }
     curves.finish()
