@@ -29,6 +29,7 @@ import pandas as pd
 from sdd.artifacts import read_json, read_parquet
 from sdd.config import Params, load_params
 from sdd.data.schemas import EVAL_SAMPLES
+from sdd.errors import InputError
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
 from sdd.eval.report import compare_models
 from sdd.plots import to_svg
@@ -132,6 +133,11 @@ def across_runs(previous: Path, names: list[str], params: Params, report: dict) 
                 fidelity[f"{m} ({tag})"] = read_parquet(
                     per_prompt_file(root / paths.eval, m), FIDELITY_PER_PROMPT, where
                 )
+                if m not in summary["models"]:
+                    raise InputError(
+                        f"{root / paths.metrics_file('report')} has no model {m!r}: "
+                        "--across names a model both runs evaluated"
+                    )
                 models[f"{m} ({tag})"] = summary["models"][m]
     above = report["above_chance_tasks"]
     return {
@@ -302,7 +308,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--against", help="an earlier run's working tree: compare --across models with it")
     parser.add_argument("--across", action="append", default=[], help="a model both runs evaluated")
-    print(write(parser.parse_args()))
+    args = parser.parse_args()
+    if bool(args.against) != bool(args.across):
+        parser.error("--against and --across go together: an earlier run's tree and the models to compare with it")
+    print(write(args))
 
 
 if __name__ == "__main__":

