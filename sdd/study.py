@@ -28,6 +28,7 @@ import pandas as pd
 
 from sdd.artifacts import read_json, read_parquet
 from sdd.config import Params, load_params
+from sdd.config.models import replicate_groups
 from sdd.data.schemas import EVAL_SAMPLES
 from sdd.errors import InputError
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
@@ -120,12 +121,12 @@ def across_runs(previous: Path, names: list[str], params: Params, report: dict) 
     other params (`previous`: that run's working tree, or a copy of its `paths.eval` and
     `paths.metrics` folders), paired over the same items and fidelity prompts and seed-averaged over
     `report.replicates`, as the run's own comparisons are (sdd.eval.report.compare_models)."""
-    paths, settings = params.paths, params.report
+    paths, settings, groups = params.paths, params.report, replicate_groups(params)
     earlier = read_json(previous / paths.metrics_file("report"))
     samples, fidelity, models, replicates = {}, {}, {}, {}
     for tag, root, summary in (("this run", Path("."), report), ("earlier", previous, earlier)):
         for name in names:
-            group = [name, *settings.replicates.get(name, [])]
+            group = [name, *groups.get(name, [])]
             replicates[f"{name} ({tag})"] = [f"{m} ({tag})" for m in group[1:]]
             for m in group:
                 where = f"evaluate@{m} ({tag}, {root})"

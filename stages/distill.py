@@ -26,6 +26,7 @@ from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import require
 from sdd.generate.distill import encode_prompts, run_key, summarize
 from sdd.generate.parallel import rewrites, worker_shard
+from sdd.hardware import precision_record, resolve_dtype
 from sdd.model.checkpoint import check_model_dir
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -38,6 +39,9 @@ def main(argv: list[str]) -> None:
     template = template_for(params.dataset(name).format)
     shard = worker_shard(os.environ)
     what = f"distill@{name}" + (f" worker {shard[0]} of {shard[1]}" if shard else "")
+    requested = cfg.engine_args.dtype
+    dtype = resolve_dtype(requested, "vllm" if cfg.engine == "vllm" else "inference")
+    cfg = cfg.model_copy(update={"engine_args": cfg.engine_args.model_copy(update={"dtype": dtype})})
     log_params(what, cfg)
     started = time.perf_counter()
     with timed(what) as summary:
@@ -62,6 +66,7 @@ def main(argv: list[str]) -> None:
         details = {
             **summarize(written, run),
             "engine": cfg.engine,
+            "precision": precision_record(requested, dtype),
             "token_budget_total": sum(b for b, f in zip(budgets, fits, strict=True) if f),
             "fingerprint": key,
             "wall_seconds": round(time.perf_counter() - started, 2),

@@ -1,6 +1,8 @@
 """Evaluate one model on the OpenLLM Leaderboard v1 tasks (lm-eval) and its fidelity to the base.
 
-    python -m stages.evaluate pruned        (dvc.yaml: evaluate@pruned; names from evaluate.models)
+    python -m stages.evaluate pruned            (dvc.yaml: evaluate@pruned, a key of evaluate.models)
+    python -m stages.evaluate sdd --arm         (evaluate_arm@sdd: every key of finetune.arms)
+    python -m stages.evaluate sdd_wise --merged (evaluate_merged@sdd_wise: every key of merge.recipes)
 
 Writes `<paths.metrics>/evaluate/<name>.headline.json` (average, KL, top-1 agreement),
 `<paths.metrics>/evaluate/<name>.json` (score and stderr per task, fidelity, and every setting
@@ -19,61 +21,46 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdd.artifacts import read_json, read_parquet, to_frame, write_json, write_parquet
-from sdd.cache import tree_digest
-from sdd.config import load_params
+from sdd.artifacts import read_parquet, to_frame, write_json, write_parquet
+from sdd.config import load_params, models
 from sdd.data.schemas import EVAL_SAMPLES
-from sdd.eval import fidelity, harness, stats
-from sdd.model.checkpoint import load_model
+from sdd.eval import evaluation
+from sdd.eval.fidelity import FIDELITY_PER_PROMPT, FIDELITY_REFERENCE, per_prompt_file, reference_file
+from sdd.hardware import precision_record, resolve_dtype
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
+
+KINDS = {"arm": "the model is finetune.arms.<model>", "merged": "the model is merge.recipes.<model>"}
 
 
 def main(argv: list[str]) -> None:
-    name = stage_args(argv, __doc__, "model", "a key of evaluate.models in params.yaml").model
+    args = stage_args(argv, __doc__, "model", "a model name (evaluate.models; finetune.arms; merge.recipes)", KINDS)
+    name = args.model
+    kind: models.Kind = "arm" if args.arm else "merged" if args.merged else "model"
     params = load_params()
     cfg, paths = params.evaluate, params.paths
-    model_dir = paths.model_dir(cfg.model(name))
-    log_params(f"evaluate@{name}", {"model_dir": str(model_dir), **cfg.model_dump(exclude={"models"})})
-    dev = device()
-    with timed(f"evaluate@{name}") as summary:
-        reference = read_parquet(fidelity.reference_file(paths.eval), fidelity.FIDELITY_REFERENCE, "fidelity_reference")
-        mirror = params.mirror()
-        tasks = harness.build_tasks(cfg.tasks, mirror)
-        # hf: lm-eval wraps the model loaded here (safetensors checks), fidelity reuses it;
-        # vllm: lm-eval starts one engine, the HF model is loaded for fidelity afterwards.
-        model, tokenizer = load_model(model_dir, cfg.dtype, dev) if cfg.backend == "hf" else (None, None)
-        settings = harness.run_settings(cfg, dev, mirror)
+    model_dir = paths.model_dir(models.model_dir(params, name, kind))
+    stage = models.stage_name("evaluate", name, kind)
+    log_params(stage, {"model_dir": str(model_dir), **cfg.model_dump(exclude={"models"})})
+    samples_file, per_prompt = paths.eval_samples_file(name), per_prompt_file(paths.eval, name)
+    if name in cfg.skip:  # the outputs exist (DVC needs them) and say the model was not evaluated
+        write_parquet(to_frame([], EVAL_SAMPLES), samples_file, EVAL_SAMPLES)
+        write_parquet(to_frame([], FIDELITY_PER_PROMPT), per_prompt, FIDELITY_PER_PROMPT)
+        write_json(paths.metrics_file("evaluate", name), {"model": name, "skipped": True})
+        return write_json(paths.headline_file("evaluate", name), {"skipped": 1})
+    dtype = resolve_dtype(cfg.dtype, "vllm" if cfg.backend == "vllm" else "inference")
+    with timed(stage) as summary:
+        reference = read_parquet(reference_file(paths.eval), FIDELITY_REFERENCE, "fidelity_reference")
         scratch = Path(paths.scratch) / "evaluate" / name
-        make_lm = lambda: harness.lm_eval_model(model_dir, cfg, dev, model, tokenizer)  # noqa: E731
-        done = harness.run_tasks(make_lm, tasks, cfg, name, scratch, {**settings, "model": tree_digest(model_dir)})
-        if model is None:
-            model, tokenizer = load_model(model_dir, cfg.dtype, dev)
-        samples = write_parquet(to_frame(done.rows, EVAL_SAMPLES), paths.eval_samples_file(name), EVAL_SAMPLES)
-        scores = stats.task_scores(samples)
-        fid, root = cfg.fidelity, Path(paths.models)
-        table = reference.to_dict("records")
-        measured = fidelity.against_reference(model_dir, model, tokenizer, fid, root, cfg.dtype, dev, table)
-        per_prompt = to_frame(measured.pop("per_prompt"), fidelity.FIDELITY_PER_PROMPT)
-        write_parquet(per_prompt, fidelity.per_prompt_file(paths.eval, name), fidelity.FIDELITY_PER_PROMPT)
-        metrics = {
-            "model": name,
-            "model_dir": str(model_dir),
-            "config": read_json(model_dir / "config.json"),  # the report sizes each model from its own config
-            "average": stats.average(scores),
-            "tasks": {
-                t.name: {**vars(scores[t.name]), **harness.task_settings(t), "lm_eval": done.lm_eval[t.name]}
-                for t in tasks
-            },
-            "fidelity": measured,
-            "settings": settings,
-            "tasks_reused": done.reused,
-        }
+        result = evaluation.evaluate(
+            name, model_dir, cfg, dtype, device(), params.mirror(), reference.to_dict("records"), scratch,
+            Path(paths.models),
+        )  # fmt: skip
+        write_parquet(to_frame(result.samples, EVAL_SAMPLES), samples_file, EVAL_SAMPLES)
+        write_parquet(to_frame(result.per_prompt, FIDELITY_PER_PROMPT), per_prompt, FIDELITY_PER_PROMPT)
+        metrics = {**result.metrics, "precision": precision_record(cfg.dtype, dtype)}
         write_json(paths.metrics_file("evaluate", name), metrics)
-        head = {"average": metrics["average"], "kl": measured["kl"], "top1_agreement": measured["top1_agreement"]}
-        write_json(
-            paths.headline_file("evaluate", name), {k: round(v, 4) for k, v in head.items()} | {"items": len(samples)}
-        )
-        summary.update(average=round(metrics["average"], 4), items=len(samples), tasks_reused=len(done.reused))
+        write_json(paths.headline_file("evaluate", name), evaluation.headline(metrics, len(result.samples)))
+        summary.update(average=round(metrics["average"], 4), items=len(result.samples))
 
 
 if __name__ == "__main__":

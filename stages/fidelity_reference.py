@@ -15,6 +15,7 @@ from __future__ import annotations
 from sdd.artifacts import to_frame, write_json, write_parquet
 from sdd.config import load_params
 from sdd.eval import fidelity
+from sdd.hardware import precision_record, resolve_dtype
 from sdd.model.checkpoint import load_model
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
 
@@ -24,17 +25,21 @@ def main(argv: list[str]) -> None:
     params = load_params()
     cfg, paths = params.evaluate, params.paths
     fid = cfg.fidelity
-    log_params("fidelity_reference", {"dtype": cfg.dtype, **fid.model_dump()})
+    dtype = resolve_dtype(cfg.dtype, "inference")
+    log_params("fidelity_reference", {"dtype": dtype, **fid.model_dump()})
     with timed("fidelity_reference") as summary:
         rows = fidelity.fidelity_rows(fid.prompts, params.mirror(), params.prepare.max_chars)
-        model, tokenizer = load_model(paths.model_dir(fid.reference), cfg.dtype, device())
+        model, tokenizer = load_model(paths.model_dir(fid.reference), dtype, device())
         table = fidelity.reference_table(model, tokenizer, rows, fid.max_new_tokens, fid.batch_size)
         out = fidelity.reference_file(paths.eval)
         write_parquet(to_frame(table, fidelity.FIDELITY_REFERENCE), out, fidelity.FIDELITY_REFERENCE)
         tokens = sum(len(r["continuation_ids"]) for r in table)
         ended = sum(bool(r["continuation_ids"]) and r["continuation_ids"][-1] == tokenizer.eos_token_id for r in table)
         metrics = {"prompts": len(table), "continuation_tokens": tokens, "ended_with_eos": ended}
-        write_json(paths.metrics_file("fidelity_reference"), {**metrics, "reference": fid.reference})
+        precision = precision_record(cfg.dtype, dtype)
+        write_json(
+            paths.metrics_file("fidelity_reference"), {**metrics, "reference": fid.reference, "precision": precision}
+        )
         summary.update(metrics)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from sdd.artifacts import atomic_path, read_parquet, write_json
 from sdd.config import load_params
 from sdd.data.schemas import PREPARED
+from sdd.hardware import precision_record, resolve_dtype
 from sdd.model.checkpoint import load_model
 from sdd.model.layer_selection import calibration, score_blocks, table_rows
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> None:
     cfg, paths = params.layer_scores, params.paths
     log_params("layer_scores", cfg)
     with timed("layer_scores") as summary:
-        model, tokenizer = load_model(paths.model_dir("base"), cfg.dtype, device())
+        dtype = resolve_dtype(cfg.dtype, "inference")
+        model, tokenizer = load_model(paths.model_dir("base"), dtype, device())
         rows = [
             r
             for name in cfg.datasets
@@ -38,7 +40,7 @@ def main(argv: list[str]) -> None:
         random.Random(cfg.seed).shuffle(rows)
         sequences, positions, counts = calibration(rows, tokenizer, cfg)
         table, result = score_blocks(model, tokenizer, sequences, positions, cfg)
-        result.update(counts)
+        result.update(counts, precision=precision_record(cfg.dtype, dtype))
         with atomic_path(paths.metrics_file("layer_scores", "table").with_suffix(".csv")) as tmp:
             table_rows(table).to_csv(tmp, index=False)
         candidates = [{"n": n, **c} for n, r in result.get("kl_to_base", {}).items() for c in r["candidates"]]
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> None:
         headline = {f"best_start_n{n}": s for n, s in result["best_start"].items() if n in cfg.kl_n_layers or not kl}
         headline |= {f"kl_n{n}": min(c["kl"] for c in r["candidates"]) for n, r in kl.items()}
         write_json(paths.headline_file("layer_scores", "scores"), {"samples": len(sequences), **headline})
-        summary.update(metric=cfg.metric, samples=len(sequences), best_start=result["best_start"])
+        summary.update(dtype=dtype, metric=cfg.metric, samples=len(sequences), best_start=result["best_start"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m stages.publish        (dvc.yaml: publish)
 
-Reads, for every model in evaluate.models, the card its own stage wrote (`<model dir>/README.md`:
+Reads, for every evaluated model (sdd/config/models.py), the card its own stage wrote (`<model dir>/README.md`:
 how it was made) and `<paths.metrics>/evaluate/<model>.json`, and the report's recovery
 (`<paths.metrics>/report/report.json`). Writes `<paths.reports>/cards/<model>.md`: the same YAML
 metadata plus Hugging Face `model-index` results and a results table, ready to be the README of an
@@ -12,7 +12,7 @@ upload. The model folders themselves are never rewritten (each belongs to the st
 from __future__ import annotations
 
 from sdd.artifacts import atomic_path, read_json
-from sdd.config import load_params
+from sdd.config import load_params, models
 from sdd.model.card import Card, how_of, lineage, model_index
 from sdd.runtime import log_params, run_stage, stage_args, timed
 
@@ -48,13 +48,16 @@ def main(argv: list[str]) -> None:
     stage_args(argv, __doc__)
     params = load_params()
     paths = params.paths
-    log_params("publish", {"models": params.evaluate.models})
+    dirs = models.model_dirs(params)
+    names = models.evaluated(params)
+    log_params("publish", {"models": {n: dirs[n] for n in names}})
     with timed("publish") as summary:
         report = read_json(paths.metrics_file("report"))
         base_ids, licence = lineage(params)
         with atomic_path(paths.report_file("cards")) as out:
             out.mkdir()
-            for name, folder in params.evaluate.models.items():
+            for name in names:
+                folder = dirs[name]
                 evaluation = read_json(paths.metrics_file("evaluate", name))
                 how = how_of(paths.model_dir(folder)) or [
                     f"`{params.base_model.source}`, unmodified"
@@ -64,7 +67,7 @@ def main(argv: list[str]) -> None:
                 card = Card(name, base_ids, [], how, licence, ["evaluated"])
                 text = card.render(model_index(evaluation), results_table(name, evaluation, report))
                 (out / f"{name}.md").write_text(text, encoding="utf-8")
-        summary.update(cards=len(params.evaluate.models))
+        summary.update(cards=len(names))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     python -m stages.report        (dvc.yaml: report)
 
-Reads, for every model in evaluate.models, `<paths.metrics>/evaluate/<model>.json` (scores, and
-the model's config), `<paths.eval>/<model>.parquet` and `<model>.fidelity.parquet` (paired CIs,
-seed-averaged over `report.replicates`); then
+Reads, for every evaluated model (evaluate.models, every arm and merge recipe; sdd/config/models.py),
+`<paths.metrics>/evaluate/<model>.json` (scores, and the model's config), `<paths.eval>/<model>.parquet`
+and `<model>.fidelity.parquet` (paired CIs, seed-averaged over replicate arms); then
 `<paths.metrics>/prune/prune.json` (reductions, flops_context) and, where they exist,
 `<paths.metrics>/speculate/<draft>.json` and `<paths.metrics>/layer_scores/scores.json` (which
 block each metric picks). Writes `<paths.reports>/recovery.md`, `<paths.metrics>/report/report.json`
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdd.artifacts import atomic_path, read_json, read_parquet, write_json
-from sdd.config import load_params
+from sdd.config import load_params, models
 from sdd.data.schemas import EVAL_SAMPLES
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
 from sdd.eval.report import headline, markdown, plot_rows, summarise, sweep_rows
@@ -39,18 +39,14 @@ def main(argv: list[str]) -> None:
     stage_args(argv, __doc__)
     params = load_params()
     cfg, paths = params.report, params.paths
-    log_params("report", cfg)
+    names, pairs, groups = models.evaluated(params), models.comparisons(params), models.replicate_groups(params)
+    log_params("report", {**cfg.model_dump(), "models": names, "comparisons": pairs, "replicates": groups})
     with timed("report") as summary:
-        evals = {name: read_json(paths.metrics_file("evaluate", name)) for name in params.evaluate.models}
+        evals = {name: read_json(paths.metrics_file("evaluate", name)) for name in names}
         samples = {
-            name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}")
-            for name in params.evaluate.models
+            name: read_parquet(paths.eval_samples_file(name), EVAL_SAMPLES, f"evaluate@{name}") for name in names
         }
-        fid = {  # per-prompt fidelity (absent in evaluations made before it was recorded)
-            n: read_parquet(f, FIDELITY_PER_PROMPT, f"evaluate@{n}")
-            for n in params.evaluate.models
-            if (f := per_prompt_file(paths.eval, n)).is_file()
-        }
+        fid = {n: read_parquet(per_prompt_file(paths.eval, n), FIDELITY_PER_PROMPT, f"evaluate@{n}") for n in names}
         configs = {name: ev["config"] for name, ev in evals.items() if "config" in ev}  # evaluate@ records them
         prune_file = paths.metrics_file("prune")
         prune = read_json(prune_file) if prune_file.is_file() else None
@@ -58,13 +54,14 @@ def main(argv: list[str]) -> None:
             log.warning("%s not found: no pruning line, FLOPs with n_ctx = 0", prune_file)
         drafts = sorted((Path(paths.metrics) / "speculate").glob("*.json"))
         speculate = {f.stem: read_json(f) for f in drafts if not f.name.endswith(".headline.json")}
+        speculate = {name: s for name, s in speculate.items() if not s.get("skipped")}
         scores = paths.metrics_file("layer_scores", "scores")
         layer_scores = read_json(scores) if scores.is_file() else None
         result = summarise(
             evals,
             samples,
             cfg.baseline,
-            cfg.compare,
+            pairs,
             cfg.bootstrap,
             cfg.confidence,
             cfg.seed,
@@ -73,7 +70,7 @@ def main(argv: list[str]) -> None:
             layer_scores=layer_scores,
             configs=configs,
             fidelity=fid,
-            replicates=cfg.replicates,
+            replicates=groups,
         )
         text = markdown(result)
         with atomic_path(paths.report_file("recovery.md")) as tmp:

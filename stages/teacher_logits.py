@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sdd.artifacts import write_json
 from sdd.config import load_params
+from sdd.hardware import precision_record, resolve_dtype
 from sdd.model import teacher
 from sdd.model.checkpoint import check_model_dir
 from sdd.model.trainer import dataset_rows, teacher_producer
@@ -37,6 +38,8 @@ def main(argv: list[str]) -> None:
     params = load_params()
     cfg, paths = params.teacher_logits, params.paths
     name = teacher_producer(ds, kind)
+    requested = cfg.dtype
+    cfg = cfg.model_copy(update={"dtype": resolve_dtype(requested, "inference")})
     log_params(name, cfg)
     model_dir = paths.model_dir("base")
     check_model_dir(model_dir)
@@ -51,6 +54,7 @@ def main(argv: list[str]) -> None:
             device(),
             {"dataset": ds, "kind": kind},
         )
+        metrics["precision"] = precision_record(requested, cfg.dtype)
         write_json(paths.metrics_file("teacher_logits", f"{ds}.{kind}"), metrics)
         headline = ("rows", "response_tokens", "bytes_per_1000_rows", "forward_tokens_per_second")
         write_json(paths.headline_file("teacher_logits", f"{ds}.{kind}"), {k: metrics[k] for k in headline})

@@ -24,6 +24,7 @@ from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
 from sdd.model import trainer
 from sdd.model import training as ft
+from sdd.presets import apply_preset
 from stages import finetune as stage
 
 from conftest import REPO, save_tiny
@@ -45,6 +46,7 @@ ANSWERS = [
     "#### 24",
 ]
 
+ARMS = yaml.safe_load((REPO / "presets" / "arms.yaml").read_text())  # every arm the project ships
 TINY_FINETUNE = {
     "max_steps": 6,
     "batch_size": 4,
@@ -92,7 +94,7 @@ def distilled(ds: str) -> list[dict]:
 
 def make_project(root: Path, **finetune) -> Path:
     """A working directory with params.yaml, prepared + distilled Parquet and a tiny pruned model."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = apply_preset(yaml.safe_load((REPO / "params.yaml").read_text()), ARMS)  # every shipped arm
     params["finetune"] = {**params.get("finetune", {}), **TINY_FINETUNE, **finetune}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     paths = load_params(root / "params.yaml").paths
@@ -160,7 +162,10 @@ def test_overlong_rows_are_counted_and_handled(tokenizer):
 
 
 def test_default_arms_differ_only_in_data(tmp_path):
-    params = load_params(REPO / "params.yaml")
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(apply_preset(yaml.safe_load((REPO / "params.yaml").read_text()), ARMS))
+    )
+    params = load_params(tmp_path / "params.yaml")
     assert set(params.finetune.arms) >= {"sft", "sdd"}
     resolved = {}
     for arm in params.finetune.arms:

@@ -76,17 +76,25 @@ def test_launch_prefixes_template_into_the_heavy_stages_commands(tmp_path):
 
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["launch"].update(distill="srun --gres=gpu:8 --", evaluate="sbatch --wait --gres=gpu:1 --wrap")
+    params["launch"].update(distill="srun --gres=gpu:8 -- ", evaluate="sbatch --wait --gres=gpu:1 --wrap ")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cmds = {s.addressing.rsplit(":", 1)[-1]: s.cmd for s in Repo(str(repo)).index.stages}
     assert cmds["distill@gsm8k"] == "srun --gres=gpu:8 -- python -m stages.distill gsm8k"
-    assert cmds["evaluate@sdd"] == "sbatch --wait --gres=gpu:1 --wrap python -m stages.evaluate sdd"
-    assert cmds["finetune@sft"].split() == ["python", "-m", "stages.finetune", "sft"]  # "" runs here
+    assert cmds["evaluate_arm@sdd"] == "sbatch --wait --gres=gpu:1 --wrap python -m stages.evaluate sdd --arm"
+    assert cmds["finetune@sft"] == "python -m stages.finetune sft"  # "" runs here, with no leading space
     assert cmds["report"] == "python -m stages.report"  # cheap stages always run here
+
+
+def test_a_launch_prefix_ends_with_a_space():
+    from sdd.config.launch import LaunchParams
+
+    with pytest.raises(ValueError, match="must end with a space"):
+        LaunchParams(distill="srun --")
+    assert LaunchParams(distill="srun -- ").distill == "srun -- "
 
 
 def test_a_launch_prefix_is_one_command():
     from sdd.config.launch import LaunchParams
 
     with pytest.raises(ValueError, match="one command"):
-        LaunchParams(distill="srun -- ; rm -rf /")
+        LaunchParams(distill="srun -- ; rm -rf / ")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sdd.config.params import Params
-from sdd.config.presets import apply_preset, flags
+from sdd.presets import apply_preset, flags
 
 from conftest import REPO, copy_repo, run_dvc
 
@@ -43,9 +43,7 @@ def test_an_invalid_preset_fails_before_anything_runs(tmp_path):
     bad.write_text(
         "finetune:\n  arms:\n    kd2: {data: {gsm8k: original}, objective: kd}\nteacher_logits: {original: []}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "sdd.config.presets", str(bad)], cwd=REPO, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "sdd.presets", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "add 'gsm8k' to teacher_logits.original" in proc.stderr
 
 
@@ -86,7 +84,7 @@ def dry_stages(repo: Path, name: str) -> tuple[set[str], str]:
 def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
     repo = dry_repo(tmp_path)
     args = subprocess.run(
-        [sys.executable, "-m", "sdd.config.presets", "presets/smollm2-study.yaml"],
+        [sys.executable, "-m", "sdd.presets", "presets/smollm2-study.yaml"],
         cwd=repo,
         check=True,
         capture_output=True,
@@ -98,17 +96,17 @@ def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tm
     assert (repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # a dry run changes nothing
     stages, _ = dry_stages(repo, "smollm2-study.yaml")
     arms = {"sft", "sft_seed1", "sdd", "sdd_seed1", "sdd_gsm8k", "sdd_alpaca"}
-    models = {"base", "pruned", "sdd_merged"} | arms - {"sdd_gsm8k", "sdd_alpaca"}
-    assert {f"finetune@{a}" for a in arms} <= stages and {f"evaluate@{m}" for m in models} <= stages
+    assert {f"finetune@{a}" for a in arms} <= stages and {f"evaluate_arm@{a}" for a in arms} <= stages
+    assert {"evaluate@base", "evaluate@pruned", "evaluate_merged@sdd_merged", "speculate_merged@sdd_merged"} <= stages
     assert {"distill@gsm8k", "distill@alpaca", "merge@sdd_merged", "report", "publish"} <= stages
-    assert not {s for s in stages if s.startswith("teacher_logits") or s.endswith(("@kd", "@kd_sdd", "@sft_last3"))}
+    assert not {s for s in stages if s.startswith("teacher_logits") or s.endswith(("@kd_sdd", "@sdd_wise"))}
 
 
 def test_paper_preset_runs_every_stage_under_its_launch_prefixes(tmp_path):
     repo = dry_repo(tmp_path)
     # --run passes values with spaces (the launch prefixes) to dvc as single arguments
     proc = subprocess.run(
-        [sys.executable, "-m", "sdd.config.presets", "presets/llama31-8b-paper.yaml", "--run", "--dry"],
+        [sys.executable, "-m", "sdd.presets", "presets/llama31-8b-paper.yaml", "--run", "--dry"],
         cwd=repo,
         capture_output=True,
         text=True,

@@ -210,8 +210,9 @@ def test_dvc_declares_a_stage_per_draft_and_per_merge_recipe(tmp_path):
     assert "speculate_base " in listed
     for draft in params["speculate"]["drafts"]:
         assert f"speculate@{draft} " in listed
+    # Every arm and merge recipe is evaluated and used as a draft under its own name, listed nowhere else.
+    for arm in params["finetune"]["arms"]:
+        assert f"evaluate_arm@{arm} " in listed and f"speculate_arm@{arm} " in listed
     for recipe in params["merge"]["recipes"]:
-        assert f"merge@{recipe} " in listed
-    # The merged model is evaluated and used as a draft under the recipe's name.
-    assert params["evaluate"]["models"].get("sdd_merged") == "merged/sdd_merged"
-    assert params["speculate"]["drafts"].get("sdd_merged") == "merged/sdd_merged"
+        assert f"merge@{recipe} " in listed and f"evaluate_merged@{recipe} " in listed
+        assert f"speculate_merged@{recipe} " in listed

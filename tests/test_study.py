@@ -71,9 +71,8 @@ def test_across_runs_pairs_each_model_with_itself_in_the_earlier_run(tmp_path, m
     from conftest import REPO
 
     params = load_params(REPO / "params.yaml")
-    params = params.model_copy(
-        update={"report": params.report.model_copy(update={"replicates": {"sdd": ["sdd_seed1"]}})}
-    )
+    arms = {**params.finetune.arms, "sdd_seed1": params.finetune.arms["sdd"].model_copy(update={"seed": 1})}
+    params = params.model_copy(update={"finetune": params.finetune.model_copy(update={"arms": arms})})
     before = (np.random.default_rng(0).random(200) < 0.4) * 1.0
     after = before.copy()
     after[np.flatnonzero(before == 0)[:40]] = 1.0  # 40 of 200 items gained: +0.2, the same in both seeds

@@ -7,8 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["float32", "bfloat16", "float16"]  # how weights are stored (saved checkpoints)
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+# What a stage computes in: `auto` = what the device does natively (sdd/hardware.py resolve_dtype).
+ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class Section(BaseModel):

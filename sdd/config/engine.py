@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdd.config.base import Dtype, Section
+from sdd.config.base import ComputeDtype, Section
 
 
 class EngineParams(Section):
     """How a vLLM `LLM` is built (sdd/generate/engines.py `build_vllm`); the `hf` engine uses dtype and seed."""
 
-    dtype: Dtype = "bfloat16"
+    dtype: ComputeDtype = "auto"
     max_model_len: int = Field(default=1024, gt=0)
     gpu_memory_utilization: float = Field(default=0.15, gt=0.0, le=1.0)
     enforce_eager: bool = True

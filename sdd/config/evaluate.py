@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from sdd.config.base import Dtype, Section
+from sdd.config.base import ComputeDtype, Section
 from sdd.config.datasets import DatasetParams
-from sdd.errors import check_names, did_you_mean
+from sdd.errors import check_names
 
 Task = Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"]
 EVAL_TASKS: tuple[str, ...] = typing.get_args(Task)  # sdd/eval/tasks.py TASKS has one spec each
@@ -65,30 +65,24 @@ DEMO_MMLU_SUBJECTS = [
 
 def _default_tasks() -> dict[Task, EvalTaskParams]:
     return {
-        "arc_challenge": EvalTaskParams(shots=25, limit=4),
-        "hellaswag": EvalTaskParams(shots=10, limit=4),
-        "mmlu": EvalTaskParams(shots=5, limit=2, subjects=DEMO_MMLU_SUBJECTS),
-        "truthfulqa_mc2": EvalTaskParams(shots=0, limit=8),
-        "winogrande": EvalTaskParams(shots=5, limit=16),
-        "gsm8k": EvalTaskParams(shots=5, limit=1),
+        "arc_challenge": EvalTaskParams(shots=0, limit=32),
+        "hellaswag": EvalTaskParams(shots=0, limit=32),
+        "mmlu": EvalTaskParams(shots=0, limit=2, subjects=DEMO_MMLU_SUBJECTS),
+        "truthfulqa_mc2": EvalTaskParams(shots=0, limit=4),
+        "winogrande": EvalTaskParams(shots=0, limit=32),
+        "gsm8k": EvalTaskParams(shots=0, limit=1),
     }
 
 
 class EvaluateParams(Section):
-    models: dict[str, str] = {
-        "base": "base",
-        "pruned": "pruned",
-        "sft": "finetuned/sft",
-        "sdd": "finetuned/sdd",
-        "sdd_merged": "merged/sdd_merged",
-        "kd": "finetuned/kd",
-        "kd_sdd": "finetuned/kd_sdd",
-        "sft_last3": "finetuned/sft_last3",
-    }
+    # Models evaluated besides every fine-tuned arm and merge recipe (which always are): name -> dir
+    # under paths.models. `skip` narrows: the named models' stages record "skipped" and compute nothing.
+    models: dict[str, str] = {"base": "base", "pruned": "pruned"}
+    skip: list[str] = []
     tasks: dict[Task, EvalTaskParams] = Field(default_factory=_default_tasks, min_length=1)
     backend: Literal["hf", "vllm"] = "hf"
-    dtype: Dtype = "bfloat16"
-    batch_size: int = Field(default=2, gt=0)
+    dtype: ComputeDtype = "auto"
+    batch_size: int = Field(default=8, gt=0)
     chat_template: bool = False
     seed: int = 0
     vllm: VllmEvalParams = VllmEvalParams()
@@ -107,12 +101,3 @@ class EvaluateParams(Section):
     def _model_names(cls, value: dict[str, str]) -> dict[str, str]:
         check_names("model", value)
         return value
-
-    def model(self, name: str) -> str:
-        if name not in self.models:
-            from sdd.errors import InputError
-
-            raise InputError(
-                f"unknown model {name!r}{did_you_mean(name, self.models)}; evaluate.models lists {sorted(self.models)}"
-            )
-        return self.models[name]

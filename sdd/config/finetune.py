@@ -47,7 +47,8 @@ class ArmParams(Section):
     objective: Objective = "sft"
     method: Method | None = None  # None: finetune.method
     seed: int | None = None  # None: finetune.seed. Data order and LoRA init only (the validation split stays shared):
-    # the same arm under another seed is a replicate, for the between-seed spread
+    # arms that differ only in `seed` are replicates: the report averages them per item and resamples seeds
+    control: str | None = None  # the arm (or model) this one is compared with in the report, e.g. sdd -> sft
 
     @model_validator(mode="before")
     @classmethod
@@ -72,12 +73,8 @@ DISTILLED = {"gsm8k": "distilled", "alpaca": "distilled"}
 class FinetuneParams(Section):
     arms: dict[str, ArmParams] = {
         "sft": ArmParams(data=ORIGINAL),
-        "sdd": ArmParams(data=DISTILLED),
-        "sdd_gsm8k": ArmParams(data={"gsm8k": "distilled"}),
-        "sdd_alpaca": ArmParams(data={"alpaca": "distilled"}),
-        "kd": ArmParams(data=ORIGINAL, objective="kd"),
-        "kd_sdd": ArmParams(data=DISTILLED, objective="kd"),
-        "sft_last3": ArmParams(data=ORIGINAL, method="last_layers"),
+        "sdd": ArmParams(data=DISTILLED, control="sft"),
+        "kd_sdd": ArmParams(data=DISTILLED, objective="kd", control="sdd"),
     }
     method: Method = "lora"
     lora: LoraParams = LoraParams()

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sdd.config.base import Dtype, Section
+from sdd.config.base import ComputeDtype, Section
 
 Proxy = Literal["angular_last_token", "angular_mean_token", "block_influence"]
 PROXIES: tuple[str, ...] = typing.get_args(Proxy)  # computed from one pass (sdd/model/layer_scores.py)
@@ -26,7 +26,7 @@ class LayerScoresParams(Section):
     batch_size: int = Field(default=4, gt=0)
     seed: int = 0
     max_n: int = Field(default=8, gt=0)
-    dtype: Dtype = "bfloat16"
+    dtype: ComputeDtype = "auto"
     kl_n_layers: list[int] = Field(default=[6], min_length=1)
     shortlist: int | None = Field(default=4, gt=0)
     shortlist_proxy: Proxy = "angular_mean_token"

@@ -22,6 +22,7 @@ MERGE_INPUT_ROOTS = ("finetuned", "pruned")
 
 class _Recipe(Section):
     models: list[str] = Field(min_length=2)
+    control: str | None = None  # the model this merge is compared with in the report (e.g. one of its inputs)
 
     def inputs(self) -> list[str]:
         return list(self.models)
@@ -128,7 +129,7 @@ MergeRecipe = Annotated[
 class MergeParams(Section):
     dtype: Dtype = "bfloat16"
     recipes: dict[str, MergeRecipe] = {
-        "sdd_merged": SlerpRecipe(method="slerp", models=["finetuned/sdd_gsm8k", "finetuned/sdd_alpaca"], t=0.5)
+        "sdd_wise": SlerpRecipe(method="slerp", models=["pruned", "finetuned/sdd"], t=0.5, control="sdd")
     }
 
     @field_validator("recipes")

@@ -82,6 +82,7 @@ class Params(Section):
                     "in distill.datasets",
                 ),
                 self._check_arms(),
+                self._check_names(),
                 self._check_report(),
                 self._check_pruning(),
                 self._check_models(),
@@ -116,22 +117,44 @@ class Params(Section):
         return "; ".join(problems) or None
 
     def _check_report(self) -> str | None:
-        """report.baseline, report.compare and report.replicates must name models that evaluate.models lists."""
-        models = self.evaluate.models
-        named = [("report.baseline", self.report.baseline)] + [
-            (f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair
-        ]
-        named += [
-            (f"report.replicates.{model}", name)
-            for model, others in self.report.replicates.items()
-            for name in [model, *others]
-        ]
+        """Every name the report, the controls and the skip lists use is a model the pipeline has."""
+        from sdd.config.models import model_dirs
+
+        models = model_dirs(self)
+        named = [("report.baseline", self.report.baseline), ("report.start", self.report.start)]
+        named += [(f"report.compare[{i}]", name) for i, pair in enumerate(self.report.compare) for name in pair]
+        named += [(f"finetune.arms.{a}.control", s.control) for a, s in self.finetune.arms.items() if s.control]
+        named += [(f"merge.recipes.{r}.control", s.control) for r, s in self.merge.recipes.items() if s.control]
+        named += [("evaluate.skip", n) for n in self.evaluate.skip]
+        named += [("speculate.skip", n) for n in self.speculate.skip if n not in self.speculate.drafts]
         problems = [
-            f"{key}={name!r} is not in evaluate.models{did_you_mean(name, models)}"
+            f"{key}={name!r} is not a model of this pipeline{did_you_mean(name, models)}"
             for key, name in named
             if name not in models
         ]
-        return "; ".join(problems) + f"; evaluate.models lists {sorted(models)}" if problems else None
+        if problems:
+            return "; ".join(problems) + f" (models: evaluate.models, finetune.arms, merge.recipes: {sorted(models)})"
+        skipped = [(k, n) for k, n in named[:2] if n in self.evaluate.skip]
+        return "; ".join(f"{k}={n!r} is in evaluate.skip; the report needs it evaluated" for k, n in skipped) or None
+
+    def _check_names(self) -> str | None:
+        """One name, one model: an arm, a recipe and an extra model or draft never share a name."""
+        seen: dict[str, str] = {}
+        owners: list[tuple[str, dict]] = [
+            ("evaluate.models", self.evaluate.models),
+            ("speculate.drafts", self.speculate.drafts),
+            ("finetune.arms", self.finetune.arms),
+            ("merge.recipes", self.merge.recipes),
+        ]
+        for owner, names in owners:
+            for name in names:
+                if name in seen and {seen[name], owner} != {"evaluate.models", "speculate.drafts"}:
+                    return f"{name!r} is in both {seen[name]} and {owner}; a model name must be unique"
+                seen.setdefault(name, owner)
+        clash = [n for n, d in self.speculate.drafts.items() if self.evaluate.models.get(n, d) != d]
+        if clash:
+            return f"speculate.drafts and evaluate.models give {clash} different directories; use one name per model"
+        return None
 
     def _check_pruning(self) -> str | None:
         """`prune.start: auto` needs a score for prune.n_layers."""
@@ -156,6 +179,7 @@ class Params(Section):
         }
         named = [(f"merge.recipes.{r}", m) for r, recipe in self.merge.recipes.items() for m in recipe.inputs()]
         named += [(f"speculate.drafts.{d}", m) for d, m in self.speculate.drafts.items()]
+        named += [(f"evaluate.models.{d}", m) for d, m in self.evaluate.models.items()]
         for key, model in named:
             root, _, name = model.partition("/")
             if root in producers and name not in producers[root][1]:

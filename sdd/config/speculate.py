@@ -19,15 +19,10 @@ class SpeculatePrompts(Section):
 
 class SpeculateParams(Section):
     target: str = "base"
-    drafts: dict[str, str] = {
-        "pruned": "pruned",
-        "sft": "finetuned/sft",
-        "sdd": "finetuned/sdd",
-        "sdd_merged": "merged/sdd_merged",
-        "kd": "finetuned/kd",
-        "kd_sdd": "finetuned/kd_sdd",
-        "sft_last3": "finetuned/sft_last3",
-    }
+    # Drafts besides every fine-tuned arm and merge recipe (which always are): name -> dir under
+    # paths.models. `skip` narrows: the named drafts' stages record "skipped" and start no engine.
+    drafts: dict[str, str] = {"pruned": "pruned"}
+    skip: list[str] = []
     num_speculative_tokens: int = Field(default=4, ge=1, le=16)
     temperature: float = Field(default=0.0, ge=0.0)
     prompts: SpeculatePrompts = SpeculatePrompts()

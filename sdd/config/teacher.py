@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdd.config.base import Dtype, Section
+from sdd.config.base import ComputeDtype, Section
 
 
 class TeacherLogitsParams(Section):
@@ -16,6 +16,6 @@ class TeacherLogitsParams(Section):
     original: list[str] = ["gsm8k", "alpaca"]
     distilled: list[str] = ["gsm8k", "alpaca"]
     top_k: int = Field(default=64, gt=0)
-    dtype: Dtype = "float32"
+    dtype: ComputeDtype = "auto"
     batch_tokens: int = Field(default=4096, gt=0)
     rows_per_shard: int = Field(default=1024, gt=0)

@@ -106,5 +106,6 @@ def traced(params: Any) -> Any:
     if not folder:
         return params
     Path(folder).mkdir(parents=True, exist_ok=True)
-    stage = Path(sys.argv[0]).stem + (f"@{sys.argv[1]}" if len(sys.argv) > 1 else "")
+    # dvc repro names the stage in DVC_STAGE (evaluate_arm@sft); run by hand: the module and its argument
+    stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem + (f"@{sys.argv[1]}" if len(sys.argv) > 1 else "")
     return _Recorder(params, "", Path(folder) / f"{stage}.keys")

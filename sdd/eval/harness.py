@@ -3,7 +3,7 @@ per-sample records and per-task scores.
 
     from sdd.eval.harness import build_tasks, lm_eval_model, run_tasks
     tasks = build_tasks(params.evaluate.tasks, mirror)          # lm-eval Task objects, per-task limits
-    done = run_tasks(lambda: lm_eval_model(model_dir, params.evaluate, device, model, tokenizer),
+    done = run_tasks(lambda: lm_eval_model(model_dir, params.evaluate, dtype, device, model, tokenizer),
                      tasks, params.evaluate, "base", checkpoint_dir, context)
 
 One lm-eval call per task, on one model instance (loaded once: HF weights or one vLLM engine).
@@ -70,7 +70,7 @@ def _task_manager():
     """lm-eval's task index (a few seconds to build): one per process, shared by every call."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    return TaskManager(include_defaults=False)  # the configs are built inline: indexing every bundled task took 12 s
 
 
 def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | None) -> list[Task]:
@@ -107,20 +107,22 @@ def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | N
     return out
 
 
-def lm_eval_model(model_dir: Path, cfg: EvaluateParams, device: str, model: Any = None, tokenizer: Any = None) -> Any:
+def lm_eval_model(
+    model_dir: Path, cfg: EvaluateParams, dtype: str, device: str, model: Any = None, tokenizer: Any = None
+) -> Any:
     """The lm-eval model every task runs on: `hf` wraps the already loaded model, `vllm` starts
-    one engine on the directory (once, not once per task)."""
+    one engine on the directory (once, not once per task). `dtype` is the resolved `evaluate.dtype`."""
     if cfg.backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device, dtype=cfg.dtype)
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device, dtype=dtype)
     _import_vllm_backend()
     from lm_eval.models.vllm_causallms import VLLM
 
-    cpu_runtime(model_dir, cfg.dtype, cfg.vllm.max_model_len)
+    cpu_runtime(model_dir, dtype, cfg.vllm.max_model_len)
     return VLLM(
         pretrained=str(model_dir),
-        dtype=cfg.dtype,
+        dtype=dtype,
         seed=cfg.seed,
         batch_size="auto",
         gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
@@ -296,12 +298,13 @@ def task_settings(task: Task) -> dict:
     }
 
 
-def run_settings(cfg: EvaluateParams, dev: str, mirror: Path | None) -> dict:
-    """Every setting behind an evaluation's numbers (recorded beside them; part of the checkpoint key)."""
+def run_settings(cfg: EvaluateParams, dtype: str, dev: str, mirror: Path | None) -> dict:
+    """Every setting behind an evaluation's numbers (recorded beside them; part of the checkpoint key);
+    `dtype` is the resolved `evaluate.dtype`."""
     return {
         "lm_eval_version": lm_eval_version(),
         "backend": cfg.backend,
-        "dtype": cfg.dtype,
+        "dtype": dtype,
         "batch_size": cfg.batch_size,
         "chat_template": cfg.chat_template,
         "seed": cfg.seed,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdd.cache import fingerprint
+from sdd.config.engine import EngineParams
 from sdd.config.speculate import SpeculateParams
 from sdd.data.chat import prompt_text
 from sdd.errors import InputError
@@ -152,13 +154,14 @@ def measure(llm: Any, prompts: list[list[int]], max_tokens: int, temperature: fl
     return Measurement(tokens, seconds, tokens / seconds, spec_counters(llm.get_metrics()) - before)
 
 
-def workload(cfg: SpeculateParams, rows: list[dict], prompts: list[list[int]]) -> dict:
-    """What baseline and drafts are measured on; `workload` fingerprints it so they must agree."""
+def workload(cfg: SpeculateParams, engine: EngineParams, rows: list[dict], prompts: list[list[int]]) -> dict:
+    """What baseline and drafts are measured on; `workload` fingerprints it so they must agree.
+    `engine` is `cfg.engine_args` with its dtype resolved (a bf16 baseline never meets an fp32 draft)."""
     settings = {
         "max_tokens": cfg.prompts.max_tokens,
         "temperature": cfg.temperature,
         "target": cfg.target,
-        "engine": cfg.engine_args.model_dump(),
+        "engine": engine.model_dump(),
     }
     return {
         "temperature": cfg.temperature,
@@ -168,6 +171,24 @@ def workload(cfg: SpeculateParams, rows: list[dict], prompts: list[list[int]]) -
         "workload": prompts_fingerprint(prompts, settings),
         "target": cfg.target,
     }
+
+
+def baseline_for(path: Path, workload: str) -> dict:
+    """speculate_base's metrics, checked to be measured on the same prompts and settings."""
+    from sdd.artifacts import read_json
+
+    baseline = read_json(path)
+    if baseline.get("workload") != workload:
+        raise InputError(f"{path} was measured on other prompts or settings; re-run it first: dvc repro speculate_base")
+    return baseline
+
+
+def draft_config(draft: Path, k: int) -> dict:
+    """vLLM's `speculative_config` for a draft model directory proposing `k` tokens per step."""
+    from sdd.model.checkpoint import check_model_dir
+
+    check_model_dir(draft)
+    return {"method": "draft_model", "model": str(draft), "num_speculative_tokens": k}
 
 
 def draft_result(common: dict, run: Measurement, k: int, draft: str, baseline: dict) -> dict:

@@ -98,12 +98,17 @@ def _check_layer_count(path: Path, files: list[Path], config: dict) -> None:
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", *, allow_pickle: bool = False):
-    """Load a local checkpoint written by a stage of this project (safetensors only)."""
+    """Load a local checkpoint written by a stage of this project (safetensors only), computing in
+    `dtype` (`auto`: sdd.hardware.resolve_dtype for inference)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdd.hardware import resolve_dtype
 
     path = Path(path)
     check_model_dir(path, allow_pickle=allow_pickle)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=not allow_pickle or None)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[resolve_dtype(dtype, "inference")], use_safetensors=not allow_pickle or None
+    )
     tok = AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), tok  # type: ignore[arg-type]
 

@@ -28,6 +28,7 @@ from sdd.config.finetune import ArmParams, FinetuneParams, sharded, world_size
 from sdd.config.paths import Paths
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
+from sdd.hardware import precision_record
 from sdd.model import training as ft
 from sdd.model.card import Card, dataset_ids, how_of, lineage, write_card
 from sdd.model.checkpoint import load_model, save_adapter, save_model
@@ -301,6 +302,7 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
         "sharding": "fsdp" if trainer.is_fsdp_enabled else None,  # what accelerate actually ran
         "bf16": args.bf16,
         "device": dev,
+        "precision": precision_record(cfg.precision, "bf16" if args.bf16 else "fp32"),
         "resumed_from_step": ft.checkpoint_step(resume),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 3),

@@ -102,12 +102,12 @@ def collator(tokenizer, batching: str):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE, return_tensors="pt")
 
 
-def use_bf16(precision: str, device: str) -> bool:
-    """bf16 autocast (fp32 master weights and optimizer state); `auto`: on CPU (AMX makes it ~3-4x
-    faster here) and on CUDA with bf16 support."""
-    if precision == "auto":
-        return device == "cpu" or torch.cuda.is_bf16_supported()
-    return precision == "bf16"
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast (fp32 master weights and optimizer state) for `finetune.precision`; `auto`
+    where the device computes bf16 natively (sdd.hardware.resolve_precision)."""
+    from sdd.hardware import resolve_precision
+
+    return resolve_precision(precision) == "bf16"
 
 
 def total_steps(cfg: FinetuneParams, train_examples: int, world_size: int = 1) -> int:
@@ -152,7 +152,7 @@ def training_arguments(
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a fraction of the total steps
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        bf16=use_bf16(cfg.precision, device),
+        bf16=use_bf16(cfg.precision),
         use_cpu=device == "cpu",
         ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
         logging_steps=1,

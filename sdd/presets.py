@@ -1,6 +1,6 @@
 """Turn a params preset file into `dvc exp run -S key=value` flags.
 
-    dvc exp run $(python -m sdd.config.presets presets/leaderboard.yaml)
+    dvc exp run $(python -m sdd.presets presets/leaderboard.yaml)
 
 A preset is a YAML file shaped like params.yaml holding only the keys it changes; every leaf
 becomes one `-S dotted.key=value` flag (values as compact JSON, which YAML reads back), so the
@@ -36,7 +36,7 @@ def flags(preset: dict, prefix: str = "", params: dict | None = None, spaces_ok:
             if any(c.isspace() for c in text) and not spaces_ok:
                 raise ValueError(
                     f"preset key {dotted}: value {text!r} has whitespace; it cannot pass through $(...): "
-                    "use `python -m sdd.config.presets <preset> --run [dvc exp run args]`"
+                    "use `python -m sdd.presets <preset> --run [dvc exp run args]`"
                 )
             if any(c.isspace() for c in text):
                 text = json.dumps(text)  # Hydra reads a quoted string back whole
@@ -70,7 +70,7 @@ def apply_preset(params: dict, preset: dict) -> dict:
     return out
 
 
-USAGE = """usage: python -m sdd.config.presets <preset.yaml> [--run DVC_EXP_RUN_ARGS...]
+USAGE = """usage: python -m sdd.presets <preset.yaml> [--run DVC_EXP_RUN_ARGS...]
   prints the `dvc exp run` flags (for $(...)), or with --run starts `dvc exp run <flags> DVC_EXP_RUN_ARGS`
   itself (needed when a value has spaces, e.g. launch prefixes). Run it in the project root."""
 
