@@ -172,16 +172,22 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     dev = result["device"]
-    print(f"\n{dev['name']} ({dev['kind']}), flags: {' '.join(dev['flags']) or '-'}, torch {torch.__version__} "
-          f"({result['cpu_capability']}, {result['threads']} threads); auto -> {auto}")
+    print(
+        f"\n{dev['name']} ({dev['kind']}), flags: {' '.join(dev['flags']) or '-'}, torch {torch.__version__} "
+        f"({result['cpu_capability']}, {result['threads']} threads); auto -> {auto}"
+    )
     print(f"loadavg before {result['loadavg_before']}, after {result['loadavg_after']}\n")
-    print("| dtype | matmul 64x576x1536 GFLOP/s | matmul 1024^3 GFLOP/s | forward tokens/s | training tokens/s "
-          "| vLLM generation tokens/s | vLLM start s |")
+    print(
+        "| dtype | matmul 64x576x1536 GFLOP/s | matmul 1024^3 GFLOP/s | forward tokens/s | training tokens/s "
+        "| vLLM generation tokens/s | vLLM start s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         v = r.get("vllm", {})
-        print(f"| {r['dtype']} | {r['matmul_small_gflops']} | {r['matmul_large_gflops']} | {r['forward_tokens_per_s']} "
-              f"| {r['train_tokens_per_s']} | {v.get('tokens_per_s', '-')} | {v.get('engine_start_s', '-')} |")
+        print(
+            f"| {r['dtype']} | {r['matmul_small_gflops']} | {r['matmul_large_gflops']} | {r['forward_tokens_per_s']} "
+            f"| {r['train_tokens_per_s']} | {v.get('tokens_per_s', '-')} | {v.get('engine_start_s', '-')} |"
+        )
 
 
 if __name__ == "__main__":

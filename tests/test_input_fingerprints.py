@@ -1,6 +1,6 @@
-"""The inputs DVC cannot hash itself are fingerprinted by always-run stages: the base model's
-source (`model_source`) and the evaluation data (`eval_sources`). A change of content changes
-exactly the fingerprint that covers it; an unchanged folder is recognised without re-reading it."""
+"""The inputs DVC cannot hash itself are fingerprinted by one always-run stage (`sources`): the base
+model's source, each dataset and the evaluation data. A change of content changes exactly the
+fingerprint file that covers it; an unchanged folder is recognised without re-reading it."""
 
 from __future__ import annotations
 
@@ -48,25 +48,42 @@ def run_stage(cwd: Path, module: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_eval_sources_changes_only_for_the_task_whose_file_changed(tmp_path, mirror):
+def test_sources_change_only_for_the_input_whose_file_changed(tmp_path, mirror):
     local = tmp_path / "mirror"
-    for folder in ("allenai/ai2_arc", "allenai/winogrande", "openai/gsm8k", "mosaicml/dolly_hhrlhf"):
+    for folder in (
+        "allenai/ai2_arc",
+        "allenai/winogrande",
+        "openai/gsm8k",
+        "mosaicml/dolly_hhrlhf",
+        "tatsu-lab/alpaca",
+    ):
         shutil.copytree(mirror / folder, local / folder)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data_mirror"] = str(local)
     params["evaluate"]["tasks"] = {"arc_challenge": {"shots": 25, "limit": 2}, "winogrande": {"shots": 5, "limit": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_stage(tmp_path, "stages.eval_sources")
+    run_stage(tmp_path, "stages.sources")
     out = tmp_path / "data/sources/eval.inputs.json"
     before = json.loads(out.read_text())
+    datasets = {name: (tmp_path / f"data/sources/{name}.json").read_bytes() for name in params["datasets"]}
+    model = (tmp_path / "data/sources/model.base.json").read_bytes()
     assert set(before["tasks"]) == {"arc_challenge", "winogrande"}
     assert set(before["fidelity_prompts"]) == set(params["evaluate"]["fidelity"]["prompts"])
     assert str(local) not in out.read_text()  # paths relative to the mirror: no machine-local path
 
     with (local / "allenai/winogrande/winogrande_xl/validation.jsonl").open("a") as fh:
         fh.write(json.dumps({"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": "1"}) + "\n")
-    run_stage(tmp_path, "stages.eval_sources")
+    run_stage(tmp_path, "stages.sources")
     after = json.loads(out.read_text())
     assert after["tasks"]["winogrande"] != before["tasks"]["winogrande"]
     assert after["tasks"]["arc_challenge"] == before["tasks"]["arc_challenge"]
     assert after["fidelity_prompts"] == before["fidelity_prompts"]
+    assert {name: (tmp_path / f"data/sources/{name}.json").read_bytes() for name in params["datasets"]} == datasets
+    assert (tmp_path / "data/sources/model.base.json").read_bytes() == model
+
+    with (local / "tatsu-lab/alpaca/default/train.jsonl").open("a") as fh:  # a dataset's file changed
+        fh.write(json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi."}) + "\n")
+    run_stage(tmp_path, "stages.sources")
+    assert (tmp_path / "data/sources/alpaca.json").read_bytes() != datasets["alpaca"]
+    assert (tmp_path / "data/sources/gsm8k.json").read_bytes() == datasets["gsm8k"]
+    assert json.loads(out.read_text()) == after

@@ -35,13 +35,13 @@ def test_repro_caches_and_reruns_only_what_changed(tmp_path, tiny_model_dir, mir
     assert (repo / "data/models/base/model.safetensors").is_file()
 
     second = run_dvc(repo, "repro", *targets, env=env)
-    # source@* always runs (it hashes the bytes); nothing downstream recomputes.
-    assert ran(second.stdout) <= {"source@gsm8k", "source@alpaca", "model_source"}
+    # sources always runs (it hashes the bytes); nothing downstream recomputes.
+    assert ran(second.stdout) <= {"sources"}
 
     params["datasets"]["alpaca"]["limit"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run_dvc(repo, "repro", *targets, env=env)
-    assert ran(third.stdout) - {"source@gsm8k", "source@alpaca", "model_source"} == {"prepare@alpaca"}
+    assert ran(third.stdout) - {"sources"} == {"prepare@alpaca"}
     assert len(pd.read_parquet(repo / "data/prepared/alpaca.parquet")) == 16
 
 
@@ -126,9 +126,9 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
         read = set(keys_file.read_text().split())
         missing = sorted(k for k in read if not any(k == d or k.startswith(d + ".") for d in declared))
         assert not missing, f"{stage} reads params {missing} that dvc.yaml does not list for it"
-    assert len(list(trace.glob("*.keys"))) >= len(stages) - 2  # source@* read only their dataset entry
+    assert len(list(trace.glob("*.keys"))) == len(stages)
 
-    always = {"source@gsm8k", "source@alpaca", "model_source", "eval_sources"}  # they hash their inputs
+    always = {"sources"}  # it hashes the outside inputs
     second = run_dvc(repo, "repro", env=env)
     assert ran(second.stdout) <= always, second.stdout
 

@@ -112,7 +112,7 @@ def test_paper_preset_runs_every_stage_under_its_launch_prefixes(tmp_path):
         text=True,
         env={**os.environ, "SDD_DATA_MIRROR": ""},
     )
-    assert "Running stage 'model_source'" in proc.stdout, proc.stdout + proc.stderr
+    assert "Running stage 'sources'" in proc.stdout, proc.stdout + proc.stderr
     stages, out = dry_stages(repo, "llama31-8b-paper.yaml")
     listed = run_dvc(repo, "stage", "list", "--name-only").stdout.split()
     assert stages == set(listed) and "distill@openmath" in stages and "teacher_logits_distilled@dolly" in stages
