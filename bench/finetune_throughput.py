@@ -19,6 +19,7 @@ import pandas as pd
 from transformers import Trainer
 
 from sdd.config import load_params
+from sdd.data.examples import encode_rows
 from sdd.model import training as ft
 from sdd.model.checkpoint import load_model
 from sdd.runtime import device
@@ -27,7 +28,7 @@ from sdd.runtime import device
 def run(model_dir: str, rows: list[dict], cfg, batching: str, steps: int, out: str) -> dict:
     cfg = cfg.model_copy(update={"batching": batching, "max_steps": steps, "eval_steps": 10**6, "save_steps": 10**6})
     model, tok = load_model(model_dir, "float32")
-    examples, _ = ft.encode_rows(rows, tok, cfg.max_seq_len, cfg.overlong)
+    examples, _ = encode_rows(rows, tok, cfg.max_seq_len, cfg.overlong)
     data = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     args = ft.training_arguments(cfg, out, device())
     args = dataclasses.replace(args, eval_strategy="no", save_strategy="no")

@@ -38,7 +38,7 @@ def _rows_of(params) -> list[dict]:
 
 def examples_of(params, tok) -> list[dict]:
     """Every response token, as the teacher stage encodes them (no truncation)."""
-    from sdd.model.training import encode_rows
+    from sdd.data.examples import encode_rows
 
     return encode_rows(_rows_of(params), tok, max_seq_len=1 << 30, overlong="truncate")[0]
 
@@ -134,6 +134,7 @@ def artifact_size(pieces: list[dict]) -> dict:
 def train_throughput(params, pieces: list[dict], steps: int) -> list[dict]:
     from transformers import Trainer, set_seed
 
+    from sdd.data.examples import encode_rows
     from sdd.model import training as ft
     from sdd.model.checkpoint import load_model
     from sdd.model.teacher import Row
@@ -144,7 +145,7 @@ def train_throughput(params, pieces: list[dict], steps: int) -> list[dict]:
     results = []
     for objective in ("sft", "kd"):
         model, tok = load_model(params.paths.model_dir("pruned"), "float32")
-        examples = ft.encode_rows(_rows_of(params), tok, cfg.max_seq_len, cfg.overlong)[0]
+        examples = encode_rows(_rows_of(params), tok, cfg.max_seq_len, cfg.overlong)[0]
         collator = ft.collator(tok, cfg.batching)
         extra = {}
         if objective == "kd":

@@ -7,8 +7,10 @@
 Writes `<paths.metrics>/evaluate/<name>.headline.json` (average, KL, top-1 agreement),
 `<paths.metrics>/evaluate/<name>.json` (score and stderr per task, fidelity, and every setting
 behind the numbers: lm-eval version, backend, shots, limits, splits, few-shot source) and
-`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES), `<paths.eval>/<name>.fidelity.parquet`
-(one row per fidelity prompt: tokens and sums, for paired comparisons). Fidelity is measured on
+`<paths.eval>/<name>.parquet` (one row per evaluated item, EVAL_SAMPLES: score and choice margin),
+`<paths.eval>/<name>.fidelity.parquet` (one row per fidelity prompt: tokens and sums, for paired
+comparisons) and `<paths.eval>/<name>.measures.parquet` (one row per held-out row and measure: gold
+NLL, plain-text KL and NLL; sdd/eval/measures.py). Fidelity is measured on
 the reference's continuations from `<paths.eval>/fidelity.reference.parquet` (stage
 fidelity_reference). Each finished task is
 checkpointed under `<paths.scratch>/evaluate/<name>/`, keyed by the model's bytes, the settings and
@@ -26,6 +28,7 @@ from sdd.config import load_params, models
 from sdd.data.schemas import EVAL_SAMPLES
 from sdd.eval import evaluation
 from sdd.eval.fidelity import FIDELITY_PER_PROMPT, FIDELITY_REFERENCE, per_prompt_file, reference_file
+from sdd.eval.measures import HELDOUT, MEASURE_ROWS, heldout_file, measures_file
 from sdd.hardware import precision_record, resolve_dtype
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
 
@@ -41,22 +44,27 @@ def main(argv: list[str]) -> None:
     model_dir = paths.model_dir(models.model_dir(params, name, kind))
     stage = models.stage_name("evaluate", name, kind)
     log_params(stage, {"model_dir": str(model_dir), **cfg.model_dump(exclude={"models"})})
-    samples_file, per_prompt = paths.eval_samples_file(name), per_prompt_file(paths.eval, name)
-    if name in cfg.skip:  # the outputs exist (DVC needs them) and say the model was not evaluated
-        write_parquet(to_frame([], EVAL_SAMPLES), samples_file, EVAL_SAMPLES)
-        write_parquet(to_frame([], FIDELITY_PER_PROMPT), per_prompt, FIDELITY_PER_PROMPT)
+    outputs = {  # file -> (rows, schema); a skipped model gets them empty (DVC needs its outputs)
+        paths.eval_samples_file(name): EVAL_SAMPLES,
+        per_prompt_file(paths.eval, name): FIDELITY_PER_PROMPT,
+        measures_file(paths.eval, name): MEASURE_ROWS,
+    }
+    if name in cfg.skip:
+        for file, schema in outputs.items():
+            write_parquet(to_frame([], schema), file, schema)
         write_json(paths.metrics_file("evaluate", name), {"model": name, "skipped": True})
         return write_json(paths.headline_file("evaluate", name), {"skipped": 1})
     dtype = resolve_dtype(cfg.dtype, "vllm" if cfg.backend == "vllm" else "inference")
     with timed(stage) as summary:
-        reference = read_parquet(reference_file(paths.eval), FIDELITY_REFERENCE, "fidelity_reference")
+        inputs = evaluation.Inputs(
+            paths.model_dir(cfg.fidelity.reference),
+            read_parquet(reference_file(paths.eval), FIDELITY_REFERENCE, "fidelity_reference").to_dict("records"),
+            read_parquet(heldout_file(paths.eval), HELDOUT, "fidelity_reference").to_dict("records"),
+        )
         scratch = Path(paths.scratch) / "evaluate" / name
-        result = evaluation.evaluate(
-            name, model_dir, cfg, dtype, device(), params.mirror(), reference.to_dict("records"), scratch,
-            Path(paths.models),
-        )  # fmt: skip
-        write_parquet(to_frame(result.samples, EVAL_SAMPLES), samples_file, EVAL_SAMPLES)
-        write_parquet(to_frame(result.per_prompt, FIDELITY_PER_PROMPT), per_prompt, FIDELITY_PER_PROMPT)
+        result = evaluation.evaluate(name, model_dir, cfg, dtype, device(), params.mirror(), inputs, scratch)
+        for (file, schema), rows in zip(outputs.items(), (result.samples, result.per_prompt, result.measures)):
+            write_parquet(to_frame(rows, schema), file, schema)
         metrics = {**result.metrics, "precision": precision_record(cfg.dtype, dtype)}
         write_json(paths.metrics_file("evaluate", name), metrics)
         write_json(paths.headline_file("evaluate", name), evaluation.headline(metrics, len(result.samples)))

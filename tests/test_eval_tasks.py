@@ -1,5 +1,6 @@
-"""The six leaderboard task definitions read the mirror's rows and render lm-eval's documented
-prompt, choices and target (lm-eval 0.4.x tasks/{arc,hellaswag,mmlu,truthfulqa,winogrande,gsm8k})."""
+"""The six leaderboard tasks are lm-eval's registered configs reading the mirror's rows: these tests pin
+the prompt, choices and target they render (lm-eval's tasks/{arc,hellaswag,mmlu,truthfulqa,winogrande,
+gsm8k}), so a new lm-eval release that changes a prompt fails here before it changes a result."""
 
 from __future__ import annotations
 
@@ -8,17 +9,10 @@ import pytest
 from sdd.eval import tasks as eval_tasks
 
 
-@pytest.fixture(scope="module")
-def manager():
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager()  # indexing lm-eval's own tasks takes seconds: once per module
-
-
 @pytest.fixture
-def load(manager):
+def load():
     def _load(task: str, shots: int, mirror, subjects=None) -> dict:
-        return dict(manager.load(eval_tasks.task_configs(task, shots, mirror, subjects))["tasks"])
+        return eval_tasks.build(eval_tasks.task_configs(task, shots, mirror, subjects))
 
     return _load
 
@@ -29,7 +23,7 @@ def render(task, doc):
 
 
 def test_arc_challenge(mirror, load):
-    task = load("arc_challenge", 25, mirror)["sdd_arc_challenge"]
+    task = load("arc_challenge", 25, mirror)["arc_challenge"]
     text, choices, target = render(task, task.eval_docs[0])
     assert text == (
         "Question: An astronomer observes that a planet rotates faster after a meteorite impact. "
@@ -48,7 +42,7 @@ def test_arc_challenge(mirror, load):
 
 
 def test_hellaswag_excludes_the_item_from_its_own_shots(mirror, load):
-    task = load("hellaswag", 10, mirror)["sdd_hellaswag"]
+    task = load("hellaswag", 10, mirror)["hellaswag"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     # ctx_b is empty in the mirror, so the query is activity_label + ": " + ctx_a.
@@ -63,23 +57,10 @@ def test_hellaswag_excludes_the_item_from_its_own_shots(mirror, load):
     assert len(shots) == 10 and doc not in shots
 
 
-def test_hellaswag_preprocess_matches_lm_eval():
-    doc = {
-        "activity_label": "Home",
-        "ctx_a": "[header] How to x. [title] Do y.",
-        "ctx_b": "then",
-        "endings": ["a [step] b", "c"],
-        "label": "1",
-    }
-    out = eval_tasks.hellaswag_doc(doc)
-    assert out["query"] == "Home: How to x.. Do y. Then"
-    assert out["choices"] == ["a b", "c"] and out["gold"] == 1
-
-
 def test_mmlu_one_task_per_subject_with_first_dev_shots(mirror, load):
     tasks = load("mmlu", 5, mirror, ["anatomy", "astronomy"])
-    assert sorted(tasks) == ["sdd_mmlu_anatomy", "sdd_mmlu_astronomy"]
-    task = tasks["sdd_mmlu_anatomy"]
+    assert sorted(tasks) == ["mmlu_anatomy", "mmlu_astronomy"]
+    task = tasks["mmlu_anatomy"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     assert text == (
@@ -101,7 +82,7 @@ def test_mmlu_one_task_per_subject_with_first_dev_shots(mirror, load):
 
 
 def test_truthfulqa_mc2(mirror, load):
-    task = load("truthfulqa_mc2", 0, mirror)["sdd_truthfulqa_mc2"]
+    task = load("truthfulqa_mc2", 0, mirror)["truthfulqa_mc2"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     assert text.startswith("Q: What is human life expectancy in the United States?\nA: Human life expectancy")
@@ -112,13 +93,13 @@ def test_truthfulqa_mc2(mirror, load):
     assert target == 0
     # MC2: normalised probability mass on the 3 true answers (here 3 equal likelihoods of 6 -> 0.5).
     assert task.process_results(doc, [(0.0, False)] * 6)["acc"] == pytest.approx(0.5)
-    assert eval_tasks.chance("truthfulqa_mc2", doc) == pytest.approx(0.5)
+    assert eval_tasks.TASKS["truthfulqa_mc2"].chance(doc) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no split to draw few-shot"):
         eval_tasks.task_configs("truthfulqa_mc2", 2, mirror)
 
 
 def test_winogrande_partial_evaluation(mirror, load):
-    task = load("winogrande", 5, mirror)["sdd_winogrande"]
+    task = load("winogrande", 5, mirror)["winogrande"]
     doc = task.eval_docs[0]
     text, choices, target = render(task, doc)
     assert choices == [
@@ -130,7 +111,7 @@ def test_winogrande_partial_evaluation(mirror, load):
 
 
 def test_gsm8k_prompt_target_and_filters(mirror, load):
-    task = load("gsm8k", 5, mirror)["sdd_gsm8k"]
+    task = load("gsm8k", 5, mirror)["gsm8k"]
     doc = task.eval_docs[0]
     text, _, target = render(task, doc)
     assert text.startswith("Question: Janet’s ducks lay 16 eggs per day.") and text.endswith(
@@ -139,7 +120,7 @@ def test_gsm8k_prompt_target_and_filters(mirror, load):
     assert target.endswith("#### 18")
     assert task.config.fewshot_split == "train" and task.config.output_type == "generate_until"
     assert [f["name"] for f in task.config.filter_list] == ["strict-match", "flexible-extract"]
-    assert eval_tasks.chance("gsm8k", doc) == 0.0
+    assert eval_tasks.TASKS["gsm8k"].chance(doc) == 0.0
 
 
 def test_hub_configs_without_mirror():
@@ -149,6 +130,13 @@ def test_hub_configs_without_mirror():
     (hs,) = eval_tasks.task_configs("hellaswag", 10, None)
     assert hs["dataset_path"] == "Rowan/hellaswag" and hs["dataset_name"] is None
     assert len(eval_tasks.task_configs("mmlu", 5, None)) == 57
+
+
+def test_a_generation_cap_reaches_lm_eval_and_keeps_its_stop_words(mirror):
+    (config,) = eval_tasks.task_configs("gsm8k", 0, mirror, max_new_tokens=48)
+    kwargs = eval_tasks.build([config])["gsm8k"].config.generation_kwargs
+    assert kwargs["max_gen_toks"] == 48 and kwargs["until"] == ["Question:", "</s>", "<|im_end|>"]
+    assert kwargs["do_sample"] is False  # the rest of lm-eval's generation settings stay
 
 
 def test_missing_mirror_split_is_named(tmp_path):

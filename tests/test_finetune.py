@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from sdd.artifacts import read_json, to_frame, write_parquet
 from sdd.config import load_params
 from sdd.data.chat import user_message
+from sdd.data.examples import IGNORE, encode_rows, split_by_id
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
 from sdd.model import trainer
@@ -112,7 +113,7 @@ def project(tmp_path, monkeypatch):
 
 
 def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
-    examples, counts = ft.encode_rows(rows("gsm8k", 2), tokenizer, max_seq_len=512, overlong="truncate")
+    examples, counts = encode_rows(rows("gsm8k", 2), tokenizer, max_seq_len=512, overlong="truncate")
     assert counts["kept"] == 2
     batch = ft.collator(tokenizer, "padded")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     for i, row in enumerate(rows("gsm8k", 2)):
@@ -124,9 +125,9 @@ def test_labels_ignore_exactly_prompt_and_padding(tokenizer):
         n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         n_real = int(batch["attention_mask"][i].sum())
         labels, ids = batch["labels"][i], batch["input_ids"][i]
-        assert (labels[:n_prompt] == ft.IGNORE).all()
+        assert (labels[:n_prompt] == IGNORE).all()
         assert torch.equal(labels[n_prompt:n_real], ids[n_prompt:n_real])  # every response token is learned
-        assert (labels[n_real:] == ft.IGNORE).all()
+        assert (labels[n_real:] == IGNORE).all()
         assert tokenizer.decode(ids[n_prompt:n_real]).startswith(row["response"])
         assert ids[n_real - 2] == tokenizer.convert_tokens_to_ids("<|im_end|>")  # the end of turn is learned
     flat = ft.collator(tokenizer, "padding_free")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
@@ -142,7 +143,7 @@ def test_padding_free_batches_keep_each_example_to_itself(tiny_model_dir, tokeni
     params = load_params(REPO / "params.yaml")
     model = ft.apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), params.finetune, "full")
     model.train()
-    examples = ft.encode_rows(rows("gsm8k", 3), tokenizer, 128, "truncate")[0]
+    examples = encode_rows(rows("gsm8k", 3), tokenizer, 128, "truncate")[0]
     batch = ft.collator(tokenizer, "padding_free")([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
@@ -154,10 +155,10 @@ def test_padding_free_batches_keep_each_example_to_itself(tiny_model_dir, tokeni
 
 
 def test_overlong_rows_are_counted_and_handled(tokenizer):
-    kept, counts = ft.encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="truncate")
+    kept, counts = encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="truncate")
     assert counts["overlong"] == counts["truncated"] + counts.get("dropped_prompt_too_long", 0) > 0
     assert all(len(e["input_ids"]) <= 40 for e in kept)
-    _, counts = ft.encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="drop")
+    _, counts = encode_rows(rows("gsm8k", 6), tokenizer, max_seq_len=40, overlong="drop")
     assert counts["dropped_overlong"] == counts["overlong"] and counts["kept"] == 6 - counts["overlong"]
 
 
@@ -183,8 +184,8 @@ def test_default_arms_differ_only_in_data(tmp_path):
     assert resolved["sft_last3"][0].method == "last_layers" and resolved["sft"][0].method is None  # None: shared
     # The held-out rows depend on the ids only, so both arms validate on the same rows.
     ids = [r["id"] for r in rows("gsm8k", 40)]
-    assert ft.split_by_id(ids, 0.1, seed=0) == ft.split_by_id(list(reversed(ids)), 0.1, seed=0)
-    assert len(ft.split_by_id(ids, 0.1, seed=0)) == 4
+    assert split_by_id(ids, 0.1, seed=0) == split_by_id(list(reversed(ids)), 0.1, seed=0)
+    assert len(split_by_id(ids, 0.1, seed=0)) == 4
 
 
 def test_validation_and_checkpoint_intervals_follow_the_run_length():

@@ -65,7 +65,7 @@ def test_sources_change_only_for_the_input_whose_file_changed(tmp_path, mirror):
     run_stage(tmp_path, "stages.sources")
     out = tmp_path / "data/sources/eval.inputs.json"
     before = json.loads(out.read_text())
-    datasets = {name: (tmp_path / f"data/sources/{name}.json").read_bytes() for name in params["datasets"]}
+    datasets = json.loads((tmp_path / "data/sources/datasets.inputs.json").read_text())
     model = (tmp_path / "data/sources/model.base.json").read_bytes()
     assert set(before["tasks"]) == {"arc_challenge", "winogrande"}
     assert set(before["fidelity_prompts"]) == set(params["evaluate"]["fidelity"]["prompts"])
@@ -78,12 +78,12 @@ def test_sources_change_only_for_the_input_whose_file_changed(tmp_path, mirror):
     assert after["tasks"]["winogrande"] != before["tasks"]["winogrande"]
     assert after["tasks"]["arc_challenge"] == before["tasks"]["arc_challenge"]
     assert after["fidelity_prompts"] == before["fidelity_prompts"]
-    assert {name: (tmp_path / f"data/sources/{name}.json").read_bytes() for name in params["datasets"]} == datasets
+    assert json.loads((tmp_path / "data/sources/datasets.inputs.json").read_text()) == datasets
     assert (tmp_path / "data/sources/model.base.json").read_bytes() == model
 
     with (local / "tatsu-lab/alpaca/default/train.jsonl").open("a") as fh:  # a dataset's file changed
         fh.write(json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi."}) + "\n")
     run_stage(tmp_path, "stages.sources")
-    assert (tmp_path / "data/sources/alpaca.json").read_bytes() != datasets["alpaca"]
-    assert (tmp_path / "data/sources/gsm8k.json").read_bytes() == datasets["gsm8k"]
+    changed = json.loads((tmp_path / "data/sources/datasets.inputs.json").read_text())
+    assert changed["alpaca"] != datasets["alpaca"] and changed["gsm8k"] == datasets["gsm8k"]
     assert json.loads(out.read_text()) == after

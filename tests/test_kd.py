@@ -18,9 +18,9 @@ from test_finetune import make_project, run_stage
 
 from sdd.artifacts import read_json
 from sdd.config import load_params
+from sdd.data.examples import encode_rows
 from sdd.errors import InputError
 from sdd.model import teacher
-from sdd.model import training as ft
 from sdd.model.checkpoint import load_model
 from sdd.model.logits import kl_per_token, topk_kd_loss
 from sdd.model.trainer import dataset_rows, read_arm
@@ -55,7 +55,7 @@ def test_artifact_matches_a_direct_forward(project):
     assert store.top_k == 8 and len(store.manifest["shards"]) == 3  # 12 rows, 5 per shard
     model, tok = load_model(paths.model_dir("base"))
     rows = dataset_rows(paths, "gsm8k", "distilled")
-    examples = ft.encode_rows(rows, tok, max_seq_len=10_000, overlong="truncate")[0]
+    examples = encode_rows(rows, tok, max_seq_len=10_000, overlong="truncate")[0]
     assert [r for s in store.manifest["shards"] for r in s["ids"]] == [e["id"] for e in examples]
     for ex in examples:
         with torch.no_grad():  # one example alone, full vocabulary: no packing, no logits_to_keep
@@ -139,7 +139,7 @@ def held_out_kl(paths, model_dir: Path) -> float:
     model, _ = load_model(model_dir)
     _, val, _ = read_arm(paths, {"gsm8k": "original", "alpaca": "original"}, 0.1, seed=0)
     kls = []
-    for ex in ft.encode_rows(val, tok, 128, "truncate")[0]:
+    for ex in encode_rows(val, tok, 128, "truncate")[0]:
         ids, positions = torch.tensor([ex["input_ids"]]), teacher.response_positions(ex["labels"])
         with torch.no_grad():
             kls.append(kl_per_token(base(ids).logits[0, positions], model(ids).logits[0, positions]))

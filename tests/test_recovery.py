@@ -10,8 +10,16 @@ import pandas as pd
 import pytest
 from transformers import LlamaConfig
 
-from sdd.eval import report, stats
-from sdd.study import comparison_table
+from sdd.eval import compare, markdown, report, stats
+from sdd.eval.compare import Evaluated
+
+BOOT = {"iterations": 500, "confidence": 0.95, "seed": 0}
+
+
+def summarise(evals, samples, pairs, fidelity=None, replicates=None, prune=None, start="pruned"):
+    evaluated = {m: Evaluated(samples[m], (fidelity or {}).get(m)) for m in evals}
+    inputs = report.ReportInputs(prune=prune)
+    return report.summarise(evaluated, evals, "base", start, pairs, replicates or {}, BOOT, inputs)
 
 
 def table(rows: list[tuple]) -> pd.DataFrame:
@@ -184,10 +192,11 @@ SETTINGS = {
 }
 
 
-def evaluation(model_dir: str, score: float) -> dict:
+def evaluation(model_dir: str, score: float, config: dict) -> dict:
     task = {"score": score, "stderr": 0.1, "chance": 0.25, "n": 10, "shots": 0, "limit": 10, "fewshot_split": "x"}
     return {
         "model_dir": model_dir,
+        "config": config,
         "tasks": {"arc_challenge": task, "gsm8k": {**task, "chance": 0.0, "n": 1, "limit": 1}},
         "fidelity": {"kl": 0.1, "top1_agreement": 0.9, "perplexity": 2.0},
         "settings": SETTINGS,
@@ -200,12 +209,11 @@ def test_summary_reads_each_models_size_from_its_own_config():
     # the tied embedding / LM head 28,311,552, the final norm 576: 30 layers = 134,515,008 parameters
     # and 2 * (30 * 3,538,944 + 28,311,552) = 268,959,744 FLOPs per token.
     layers = {"base": 30, "pruned": 24, "sft": 24, "other": 26}
-    evals = {name: evaluation(f"data/models/{name}", 0.5) for name in layers}
-    configs = {name: config_json(n) for name, n in layers.items()}
+    evals = {name: evaluation(f"data/models/{name}", 0.5, config_json(n)) for name, n in layers.items()}
     rows = [("arc_challenge", "arc_challenge", i, i % 2, 0.25) for i in range(10)] + [("gsm8k", "gsm8k", 0, 1, 0.0)]
     samples = {name: table(rows) for name in layers}
     prune = {"removed_layers": list(range(13, 19)), "params_reduction_pct": 15.79, "flops_reduction_pct": 15.79}
-    out = report.summarise(evals, samples, "base", [("sft", "pruned")], 200, 0.95, 0, prune=prune, configs=configs)
+    out = summarise(evals, samples, [("sft", "pruned"), ("sft", "other")], prune=prune)
     size = {n: (m["parameters"], m["flops_per_token"]) for n, m in out["models"].items()}
     assert size == {
         "base": (134_515_008, 268_959_744),
@@ -213,16 +221,13 @@ def test_summary_reads_each_models_size_from_its_own_config():
         "sft": (113_274_432, 226_492_416),
         "other": (134_515_008 - 4 * 3_540_096, 268_959_744 - 2 * 4 * 3_538_944),
     }
-    text = report.markdown(out)
-    assert "| `other` |" in text and "| 120.4 | 0.241 |" in text
-    assert "CI not available (too few items to resample: gsm8k (1 paired items)" in text
+    text = markdown.markdown(out)
+    assert "| `other` | 120.4 | 0.241 |" in text
+    assert "+0.00 (no CI)" in text  # gsm8k has one item: no CI for the average
     assert "15.8% fewer (unique) parameters, 15.8% fewer forward FLOPs per token" in text
-    pair = report.headline(out)["sft-pruned"]
-    assert {k: pair[k] for k in ("difference", "ci_low", "ci_high")} == {
-        "difference": 0.0,
-        "ci_low": None,
-        "ci_high": None,
-    }
+    head = report.headline(out)
+    assert "sft-pruned" not in head and head["sft-other"] == {"difference": 0.0}  # only comparisons with others
+    assert head["sft"] == {"recovery": 1.0, "kl": 0.1} and "base" not in head
 
 
 def test_above_chance_keeps_only_tasks_the_baseline_clearly_beats():
@@ -262,7 +267,7 @@ def test_report_compares_over_the_above_chance_tasks_too():
     for ev in evals.values():
         for t in ev["tasks"].values():
             t.update(shots=0, limit=200, fewshot_split="validation")
-    summary = report.summarise(evals, samples, "base", [("a", "b")], bootstrap=500, confidence=0.95, seed=0)
+    summary = summarise(evals, samples, [("a", "b")])
     assert summary["above_chance_tasks"] == ["arc_challenge"]
     pair = summary["comparisons"]["a-b"]
     assert (
@@ -276,9 +281,9 @@ def test_report_compares_over_the_above_chance_tasks_too():
     assert summary["models"]["a"]["average_above_chance"] == pytest.approx(
         samples["a"].query("task == 'arc_challenge'")["score"].mean()
     )
-    text = report.markdown(summary)
-    assert "over the tasks the baseline is above chance on (arc_challenge)" in text
-    assert "above_chance_difference" in report.headline(summary)["a-b"]
+    text = markdown.markdown(summary)
+    assert "above chance on (arc_challenge)" in text and "| `a-b` | a; b |" in text
+    assert report.headline(summary)["a-b"]["difference"] == pytest.approx(arc, abs=1e-4)  # the above-chance one
 
 
 def fidelity_frame(kl: list[float], top1: list[float], nll: list[float], tokens: list[int]) -> pd.DataFrame:
@@ -317,7 +322,7 @@ def test_paired_fidelity_bootstrap_has_the_token_weighted_difference_and_a_paire
     noisy = [fidelity_frame(list(rng.random(60) * 20), [5.0] * 60, [5.0] * 60, [20] * 60) for _ in range(2)]
     wide = stats.paired_fidelity_bootstrap(*noisy, iterations=1000, confidence=0.95, seed=0)["kl"]
     assert wide["ci_low"] < wide["difference"] < wide["ci_high"] and wide["ci_high"] - wide["ci_low"] > 0.1
-    with pytest.raises(stats.InputError, match="share no fidelity prompts"):
+    with pytest.raises(stats.InputError, match="share no prompts"):
         stats.paired_fidelity_bootstrap(a, b.assign(prompt_set="q"), 100, 0.95, 0)
     few = stats.paired_fidelity_bootstrap(a.head(4), b.head(4), 100, 0.95, 0)["kl"]  # too few to resample
     assert (
@@ -335,23 +340,17 @@ def test_mean_over_seeds_averages_each_item_over_the_replicates():
     assert stats.mean_over_seeds([one], ["task", "subtask", "doc_id"], ["score"]) is one
 
 
-def test_a_difference_is_claimed_only_beyond_both_the_ci_and_the_seed_spread():
-    def comparison(diff, low, high, a, b):
-        return {
-            "difference": diff,
-            "ci_low": low,
-            "ci_high": high,
-            "seeds": {"a": ["a"] * len(a), "b": ["b"] * len(b)},
-            "seed_spread": {"average": report._spread(a, b)},
-        }
+def test_a_difference_is_claimed_only_where_the_ci_over_seeds_and_items_excludes_zero():
+    def comparison(diff, low, high, seeds=1, margin=None):
+        c = {"difference": diff, "ci_low": low, "ci_high": high, "seeds": {"a": ["a"] * seeds, "b": ["b"] * seeds}}
+        return c | ({"margin": margin} if margin else {})
 
-    shown = report.verdict(comparison(0.03, 0.01, 0.05, [0.30, 0.31], [0.27, 0.275]))
-    assert shown["claim"] == "a > b" and shown["seed_range"] == pytest.approx(0.01)
-    within_seeds = report.verdict(comparison(0.03, 0.01, 0.05, [0.30, 0.35], [0.27, 0.30]))
-    assert within_seeds["claim"] == "no difference shown" and within_seeds["ci_excludes_zero"]
-    assert report.verdict(comparison(-0.03, -0.05, 0.01, [0.30, 0.31], [0.33, 0.335]))["claim"] == "no difference shown"
-    single = report.verdict(comparison(-0.03, -0.05, -0.01, [0.30], [0.33]))
-    assert single["claim"].startswith("a < b (one seed") and single["seed_range"] is None
+    shown = compare.verdict(comparison(0.03, 0.01, 0.05, seeds=3))
+    assert shown["claim"] == "a > b" and shown["ci_over"] == "seeds and items" and shown["seeds"] == [3, 3]
+    assert compare.verdict(comparison(-0.03, -0.05, 0.01))["claim"] == "no difference shown"
+    lower = compare.verdict(comparison(-0.03, -0.05, -0.01, margin={"difference": -1, "ci_low": -2, "ci_high": -0.5}))
+    assert lower["claim"] == "a < b" and lower["margin_claim"] == "a < b" and lower["ci_over"].startswith("items")
+    assert compare.verdict(comparison(0.0, None, None))["claim"] == "no CI"
 
 
 def test_report_pairs_seed_averaged_replicates_and_their_fidelity():
@@ -379,23 +378,65 @@ def test_report_pairs_seed_averaged_replicates_and_their_fidelity():
         }
         for m, df in samples.items()
     }
-    summary = report.summarise(
-        evals, samples, "base", [("a", "b")], 500, 0.95, 0, fidelity=fid, replicates={"a": ["a_s1"], "b": ["b_s1"]}
-    )
+    summary = summarise(evals, samples, [("a", "b")], fidelity=fid, replicates={"a": ["a_s1"], "b": ["b_s1"]})
     pair = summary["comparisons"]["a-b"]
     mean = lambda *ms: np.mean([samples[m]["score"].mean() for m in ms])  # noqa: E731
     assert pair["difference"] == pytest.approx(mean("a", "a_s1") - mean("b", "b_s1"))
     assert pair["seeds"] == {"a": ["a", "a_s1"], "b": ["b", "b_s1"]}
     assert pair["fidelity"]["kl"]["difference"] == pytest.approx(0.225 - 0.425)
-    spread = pair["seed_spread"]["average"]
-    assert spread["range"] == pytest.approx(max(abs(mean("a") - mean("a_s1")), abs(mean("b") - mean("b_s1"))))
+    assert pair["per_seed"]["average"] == {
+        "a": [summary["models"]["a"]["average"], summary["models"]["a_s1"]["average"]],
+        "b": [summary["models"]["b"]["average"], summary["models"]["b_s1"]["average"]],
+    }
     assert pair["verdict"]["claim"] == "a > b" and pair["verdict"]["scope"] == "above_chance"
-    text = report.markdown(summary)
-    assert (
-        "seed-averaged per item: `a`, `a_s1` vs `b`, `b_s1`" in text
-        and "**verdict (above-chance average)**: a > b" in text
-    )
-    assert "fidelity, a − b over 40 paired prompts" in text
-    row = next(line for line in comparison_table(summary["comparisons"]) if line.startswith("| `a-b`"))
-    assert "| a, a_s1; b, b_s1 |" in row and row.endswith("| a > b |"), row
+    assert pair["above_chance"]["seeds"] == [2, 2]
+    row = next(line for line in markdown.comparison_table(summary["comparisons"]) if line.startswith("| `a-b`"))
+    assert "| a, a_s1; b, b_s1 |" in row and row.endswith("| a > b | no CI |"), row
     assert f"{100 * pair['difference']:+.2f} [" in row and f"{pair['fidelity']['kl']['difference']:+.4f} [" in row
+
+
+def _simulated_arm(rng, p: np.ndarray, seeds: int, shift: float, seed_sd: float) -> list[pd.DataFrame]:
+    """One recipe trained under `seeds` seeds: each seed moves every item's chance of a right answer by
+    the recipe's `shift` plus its own N(0, seed_sd) offset; each item is then scored right or wrong."""
+    frames = []
+    for _ in range(seeds):
+        prob = np.clip(p + shift + rng.normal(0, seed_sd), 0, 1)
+        score = (rng.random(len(p)) < prob).astype(float)
+        frames.append(pd.DataFrame({"task": "t", "subtask": "t", "doc_id": np.arange(len(p)), "score": score}))
+    return frames
+
+
+def test_hierarchical_bootstrap_covers_a_known_difference_where_an_item_only_ci_does_not():
+    """Known answer: recipe a is 2 points better than b in expectation over seeds and items. Over 100
+    simulated studies (fresh items and seeds each), the 95% CI that resamples seeds then items covers
+    the true difference at least ~95% of the time (it is conservative: the two crossed levels count
+    the per-item noise twice); the CI over items alone, on seed-averaged items, misses it far more
+    often when training seeds move the score (the case the old range-of-two-seeds rule was for)."""
+    rng = np.random.default_rng(0)
+    keys = ["task", "subtask", "doc_id"]
+    covered = {"hierarchical": 0, "items only": 0}
+    sims, true = 100, 0.02
+    for k in range(sims):
+        p = rng.beta(2, 2, size=200) * 0.6 + 0.2
+        a, b = (_simulated_arm(rng, p, 5, shift, seed_sd=0.04) for shift in (true, 0.0))
+        h = stats.hierarchical_bootstrap(a, b, 300, 0.95, k)
+        i = stats.paired_bootstrap(
+            stats.mean_over_seeds(a, keys, ["score"]), stats.mean_over_seeds(b, keys, ["score"]), 300, 0.95, k
+        )
+        covered["hierarchical"] += h["ci_low"] <= true <= h["ci_high"]
+        covered["items only"] += i["ci_low"] <= true <= i["ci_high"]
+        assert h["seeds"] == [5, 5] and h["ci_high"] - h["ci_low"] > i["ci_high"] - i["ci_low"]
+    assert covered["hierarchical"] / sims >= 0.93, covered
+    assert covered["items only"] / sims <= 0.88, covered
+
+
+def test_hierarchical_bootstrap_with_one_model_a_side_is_the_paired_item_bootstrap():
+    rng = np.random.default_rng(3)
+    a = pd.DataFrame({"task": "t", "subtask": "t", "doc_id": np.arange(50), "score": (rng.random(50) < 0.6) * 1.0})
+    b = a.assign(score=(rng.random(50) < 0.4) * 1.0)
+    one = stats.hierarchical_bootstrap([a], [b], 500, 0.95, 7)
+    assert one == stats.paired_bootstrap(a, b, 500, 0.95, 7)
+    assert one["difference"] == pytest.approx(a["score"].mean() - b["score"].mean())
+    # a replicate that equals its sibling adds no seed spread but halves nothing: same estimate
+    two = stats.hierarchical_bootstrap([a, a], [b, b], 500, 0.95, 7)
+    assert two["difference"] == pytest.approx(one["difference"]) and two["seeds"] == [2, 2]

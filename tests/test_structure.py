@@ -110,11 +110,14 @@ def test_stages_are_thin():
 def test_each_name_list_has_one_source():
     """Params choices (pydantic Literals) and the registries that implement them name the same things."""
     from sdd.config.datasets import FORMATS
-    from sdd.config.evaluate import EVAL_TASKS
+    from sdd.config.evaluate import EvaluateParams
     from sdd.config.layer_scores import METRICS, PROXIES
     from sdd.data.adapters import ADAPTERS
     from sdd.eval.tasks import TASKS
 
     assert set(ADAPTERS) == set(FORMATS)
-    assert set(TASKS) == set(EVAL_TASKS)
     assert METRICS == (*PROXIES, "kl_to_base")
+    # task names: the registry only (titles and chance live on each spec; params are checked against it)
+    with pytest.raises(ValueError, match=r"unknown task 'arc_challange'.*did you mean 'arc_challenge'"):
+        EvaluateParams(tasks={"arc_challange": {"shots": 0}})
+    assert all(spec.title and callable(spec.chance) for spec in TASKS.values())

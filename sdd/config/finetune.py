@@ -86,7 +86,7 @@ class FinetuneParams(Section):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=8, gt=0)
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=4, gt=0)
     grad_accum: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
     schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"

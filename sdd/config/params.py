@@ -191,10 +191,14 @@ class Params(Section):
         return None
 
     def mirror(self) -> Path | None:
-        """The dataset mirror: the `SDD_DATA_MIRROR` environment variable wins over params."""
+        """The dataset mirror: `SDD_DATA_MIRROR`, else `data_mirror`, else the folder `paths.mirror`
+        when it exists (a link `make` creates to a mirror it finds), else None (the hub)."""
         value = os.environ.get(MIRROR_ENV) or self.data_mirror
-        if not value:
+        if MIRROR_ENV in os.environ and not value:  # set but empty: no mirror, whatever is linked
             return None
+        if not value:
+            linked = Path(self.paths.mirror)
+            return linked.resolve() if linked.is_dir() else None
         path = Path(value).expanduser()
         if not path.is_dir():
             origin = (

@@ -17,9 +17,11 @@ class Paths(Section):
     reports: str = "reports"
     eval: str = "data/eval"
     scratch: str = ".sdd-scratch"
+    mirror: str = "data/mirror"  # an offline dataset mirror linked into the project (git-ignored), used when present
 
-    def source_file(self, ds: str) -> Path:
-        return Path(self.sources) / f"{ds}.json"
+    def datasets_source_file(self) -> Path:
+        """Every dataset's content fingerprint, one file (its name has a dot: no dataset can be called so)."""
+        return Path(self.sources) / "datasets.inputs.json"
 
     def model_source_file(self) -> Path:
         """The base model's content fingerprint (a dot in the name: no dataset can be called that)."""

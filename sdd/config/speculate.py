@@ -13,8 +13,8 @@ class SpeculatePrompts(Section):
     """Held-out prompts: rows of prepared datasets that finetune's validation split kept out of training."""
 
     datasets: list[str] = Field(default=["gsm8k", "alpaca"], min_length=1)
-    per_dataset: int = Field(default=4, gt=0)
-    max_tokens: int = Field(default=64, gt=0)
+    per_dataset: int = Field(default=2, gt=0)
+    max_tokens: int = Field(default=48, gt=0)
 
 
 class SpeculateParams(Section):
@@ -22,7 +22,7 @@ class SpeculateParams(Section):
     # Drafts besides every fine-tuned arm and merge recipe (which always are): name -> dir under
     # paths.models. `skip` narrows: the named drafts' stages record "skipped" and start no engine.
     drafts: dict[str, str] = {"pruned": "pruned"}
-    skip: list[str] = []
+    skip: list[str] = ["sft", "kd_sdd"]
     num_speculative_tokens: int = Field(default=4, ge=1, le=16)
     temperature: float = Field(default=0.0, ge=0.0)
     prompts: SpeculatePrompts = SpeculatePrompts()

@@ -71,10 +71,13 @@ EVAL_SAMPLES = pa.DataFrameSchema(
         "chance": Column(float, Check.in_range(0.0, 1.0)),  # expected score of uniform guessing
         "target": Column(str),
         "prediction": Column(str),  # chosen option index, or the filtered generation
+        # multiple choice: the right choice's log-likelihood minus the best other one's (length-normalised
+        # where the metric is acc_norm), a continuous view of the same decision; NaN for generation and MC2
+        "margin": Column(float, nullable=True),
     },
     strict=True,
     ordered=True,
     unique=["model", "subtask", "doc_id"],
     name="eval_samples",
-    metadata={"version": 1},
+    metadata={"version": 2},
 )

@@ -74,16 +74,16 @@ def fingerprint(ds: DatasetParams, mirror: Path | None) -> dict:
     if path is not None:
         # No path: the same bytes found at another location (a moved mirror) are the same source.
         return {"kind": "file", "name": path.name, "bytes": path.stat().st_size, "sha256": file_digest([path])}
-    from huggingface_hub import HfApi  # hub access only when no mirror/local file is used
+    from sdd.hub import hub_commit  # hub access only when no mirror/local file is used
 
-    info = HfApi().dataset_info(ds.source, revision=ds.revision)
+    sha = hub_commit("dataset", ds.source, ds.revision, f"dataset source {ds.source!r}")
     return {
         "kind": "hub",
         "repo": ds.source,
         "config": ds.config,
         "split": ds.split,
         "revision": ds.revision,
-        "sha": info.sha,
+        "sha": sha,
     }
 
 
@@ -198,9 +198,12 @@ def _from_records(records: list[dict]) -> list[RawRow]:
 def _read_hub(ds: DatasetParams) -> list[RawRow]:
     import datasets
 
-    table = datasets.load_dataset(
-        ds.source, ds.config if ds.config != "default" else None, split=ds.split, revision=ds.revision
-    )
+    from sdd.hub import reaching_hub
+
+    with reaching_hub("dataset", ds.source, f"dataset source {ds.source!r}"):
+        table = datasets.load_dataset(
+            ds.source, ds.config if ds.config != "default" else None, split=ds.split, revision=ds.revision
+        )
     return [RawRow(i, value=row) for i, row in enumerate(table)]
 
 

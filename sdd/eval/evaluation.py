@@ -12,6 +12,7 @@ starts one engine, the HF model is loaded for fidelity afterwards). Tasks are ch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,24 @@ from typing import Any
 from sdd.artifacts import read_json
 from sdd.cache import tree_digest
 from sdd.config.evaluate import EvaluateParams
-from sdd.eval import fidelity, harness, stats
+from sdd.eval import fidelity, harness, measures, stats
 
 
 @dataclass
 class Evaluation:
     samples: list[dict]  # EVAL_SAMPLES rows: one per evaluated item
     per_prompt: list[dict]  # FIDELITY_PER_PROMPT rows: one per fidelity prompt
-    metrics: dict  # scores per task, fidelity, settings
+    measures: list[dict]  # MEASURE_ROWS: per held-out row and measure
+    metrics: dict  # scores per task, fidelity, measures, settings
+
+
+@dataclass
+class Inputs:
+    """What every evaluation is measured against (stage fidelity_reference)."""
+
+    reference_dir: Path  # the reference (base) model
+    table: list[dict]  # its stored continuations (FIDELITY_REFERENCE rows)
+    heldout: list[dict]  # the held-out rows (measures.HELDOUT)
 
 
 def evaluate(
@@ -36,24 +47,31 @@ def evaluate(
     dtype: str,
     dev: str,
     mirror: Path | None,
-    reference: list[dict],
+    inputs: Inputs,
     scratch: Path,
-    models_root: Path,
 ) -> Evaluation:
-    """Evaluate the model in `model_dir` on `cfg.tasks` and against `reference` (the stored
-    continuations of fidelity_reference), computing in the resolved `dtype` on `dev`."""
+    """Evaluate the model in `model_dir` on `cfg.tasks`, against the reference model (its stored
+    continuations) and on the held-out rows, computing in the resolved `dtype` on `dev`."""
     from sdd.model.checkpoint import load_model
 
+    clock = Clock()
     tasks = harness.build_tasks(cfg.tasks, mirror)
     model, tokenizer = load_model(model_dir, dtype, dev) if cfg.backend == "hf" else (None, None)
     settings = harness.run_settings(cfg, dtype, dev, mirror)
     make_lm = lambda: harness.lm_eval_model(model_dir, cfg, dtype, dev, model, tokenizer)  # noqa: E731
+    clock.lap("load")
     done = harness.run_tasks(make_lm, tasks, cfg, name, scratch, {**settings, "model": tree_digest(model_dir)})
+    clock.lap("tasks")
     if model is None:
         model, tokenizer = load_model(model_dir, dtype, dev)
     scores = stats.task_scores(_frame(done.rows))
-    measured = fidelity.against_reference(model_dir, model, tokenizer, cfg.fidelity, models_root, dtype, dev, reference)
+    same = Path(model_dir).resolve() == inputs.reference_dir.resolve()
+    reference = model if same else load_model(inputs.reference_dir, dtype, dev)[0]
+    measured = fidelity.against_reference(reference, model, tokenizer, cfg.fidelity, inputs.reference_dir, inputs.table)
     per_prompt = measured.pop("per_prompt")
+    clock.lap("fidelity")
+    held = measures.measure(model, reference, inputs.heldout, cfg.measures.batch_size, fidelity.pad_id(tokenizer))
+    clock.lap("measures")
     metrics = {
         "model": name,
         "model_dir": str(model_dir),
@@ -63,16 +81,32 @@ def evaluate(
             t.name: {**vars(scores[t.name]), **harness.task_settings(t), "lm_eval": done.lm_eval[t.name]} for t in tasks
         },
         "fidelity": measured,
+        "measures": measures.summary(held),
         "settings": settings,
         "tasks_reused": done.reused,
+        "seconds": clock.laps,
     }
-    return Evaluation(done.rows, per_prompt, metrics)
+    return Evaluation(done.rows, per_prompt, held, metrics)
+
+
+class Clock:
+    """Seconds per named step of an evaluation (recorded in its metrics)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.start, 2)
+        self.start = now
 
 
 def headline(metrics: dict, items: int) -> dict:
-    """The few numbers dvc.yaml declares as evaluate@<model>'s metrics."""
-    fid = metrics["fidelity"]
+    """evaluate@<model>'s headline numbers: average, chat-format KL, gold NLL, plain-text KL."""
+    fid, held = metrics["fidelity"], metrics["measures"]
     head = {"average": metrics["average"], "kl": fid["kl"], "top1_agreement": fid["top1_agreement"]}
+    head |= {m: held[m]["value"] for m in ("gold_nll", "plain_kl") if m in held}
     return {k: round(v, 4) for k, v in head.items()} | {"items": items}
 
 

@@ -205,22 +205,10 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def against_reference(
-    model_dir: Path,
-    model: Any,
-    tokenizer: Any,
-    cfg: FidelityParams,
-    models_root: Path,
-    dtype: str,
-    dev: str,
-    table: list[dict],
+    reference: Any, model: Any, tokenizer: Any, cfg: FidelityParams, reference_dir: Path, table: list[dict]
 ) -> dict:
-    """Fidelity of the loaded model to `cfg.reference` (loaded here unless it is the same model) on
-    the reference's stored continuations, with the settings behind the numbers."""
-    from sdd.model.checkpoint import load_model
-
-    reference_dir = models_root / cfg.reference
-    same = Path(model_dir).resolve() == reference_dir.resolve()
-    reference = model if same else load_model(reference_dir, dtype, dev)[0]
+    """Fidelity of `model` to the loaded `reference` on the reference's stored continuations, with the
+    settings behind the numbers."""
     ids = [(r["prompt_set"], r["id"]) for r in table]
     measured = compare(reference, model, stored_batches(table, pad_id(tokenizer), cfg.batch_size), ids)
     return {

@@ -15,9 +15,10 @@ tasks it had finished. Per-task limits go through lm-eval's `samples` argument (
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,6 @@ from tqdm import tqdm
 
 from sdd.cache import PieceStore, fingerprint
 from sdd.config.evaluate import EvalTaskParams, EvaluateParams
-from sdd.config.evaluate import Task as TaskName
 from sdd.errors import InputError
 from sdd.eval import tasks as specs
 from sdd.generate.engines import cpu_runtime, shutdown_vllm
@@ -43,6 +43,7 @@ class Task:
     name: str
     shots: int
     limit: int | None
+    max_new_tokens: int | None  # generation tasks: the cap on generated tokens (None: lm-eval's default)
     eval_split: str
     fewshot_split: str | None
     source: str  # where the rows come from (mirror folder or hub id)
@@ -65,21 +66,12 @@ def lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
 
 
-@functools.cache
-def _task_manager():
-    """lm-eval's task index (a few seconds to build): one per process, shared by every call."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_defaults=False)  # the configs are built inline: indexing every bundled task took 12 s
-
-
-def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | None) -> list[Task]:
+def build_tasks(task_params: Mapping[str, EvalTaskParams], mirror: Path | None) -> list[Task]:
     """lm-eval Task objects for the configured tasks, and the documents each evaluates."""
-    manager = _task_manager()
     out = []
     for name, cfg in task_params.items():
-        configs = specs.task_configs(name, cfg.shots, mirror, cfg.subjects)
-        built = manager.load(configs)["tasks"]
+        configs = specs.task_configs(name, cfg.shots, mirror, cfg.subjects, cfg.max_new_tokens)
+        built = specs.build(configs)
         indices = {}
         for sub, task in built.items():
             n = len(task.eval_docs)
@@ -96,6 +88,7 @@ def build_tasks(task_params: Mapping[TaskName, EvalTaskParams], mirror: Path | N
                 name,
                 cfg.shots,
                 cfg.limit,
+                cfg.max_new_tokens,
                 eval_split,
                 fewshot_split,
                 source,
@@ -166,7 +159,7 @@ def run_lm_eval(lm: Any, tasks: list[Task], cfg: EvaluateParams) -> dict:
         tasks=subtasks,
         samples=samples,
         log_samples=True,
-        task_manager=_task_manager(),
+        task_manager=specs.manager(),
         apply_chat_template=cfg.chat_template,
         fewshot_as_multiturn=cfg.chat_template,
         random_seed=cfg.seed,
@@ -183,6 +176,7 @@ def task_identity(task: Task) -> dict:
     return {
         "task": task.name,
         "shots": task.shots,
+        "max_new_tokens": task.max_new_tokens,
         "source": task.source,
         "fewshot_split": task.fewshot_split,
         "indices": task.indices,
@@ -216,7 +210,14 @@ def run_tasks(
                 done = None
             if done is None:
                 lm = lm or make_lm()
+                began = time.perf_counter()
                 out = run_lm_eval(lm, [task], cfg)
+                log.info(
+                    "%s: %d items in %.1f s",
+                    task.name,
+                    sum(map(len, task.indices.values())),
+                    time.perf_counter() - began,
+                )
                 done = store.save(
                     task.name,
                     identity,
@@ -244,6 +245,24 @@ def _prediction(sample: dict, output_type: str) -> str:
     return resp if isinstance(resp, str) else str(resp)
 
 
+def choice_margin(sample: dict, task: Any, metric: str) -> float:
+    """The right choice's log-likelihood minus the best other choice's, per character of the choice
+    where the metric is acc_norm (lm-eval's normalisation): > 0 exactly when the item is scored right,
+    and how far from the decision it is. NaN for generation tasks and for several right answers (MC2)."""
+    if task.OUTPUT_TYPE != "multiple_choice":
+        return math.nan
+    doc = sample["doc"]
+    choices = task.doc_to_choice(doc)
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    gold = choices.index(gold) if isinstance(gold, str) and gold in choices else gold
+    lls = np.array([float(r[0]) for r in sample["filtered_resps"]])
+    if not isinstance(gold, (int, np.integer)) or len(lls) != len(choices) or metric not in ("acc", "acc_norm"):
+        return math.nan
+    if metric == "acc_norm":
+        lls = lls / np.array([max(1, len(c)) for c in choices], dtype=float)
+    return float(lls[gold] - np.delete(lls, gold).max())
+
+
 def sample_rows(model: str, tasks: list[Task], samples: dict) -> list[dict]:
     """lm-eval's logged samples -> EVAL_SAMPLES rows (the leaderboard metric and filter only)."""
     rows = []
@@ -265,9 +284,10 @@ def sample_rows(model: str, tasks: list[Task], samples: dict) -> list[dict]:
                         "doc_id": int(s["doc_id"]),
                         "doc_hash": str(s.get("doc_hash", "")),
                         "score": float(s[spec.metric]),
-                        "chance": float(specs.chance(task.name, s["doc"])),
+                        "chance": float(spec.chance(s["doc"])),
                         "target": str(s["target"]),
                         "prediction": _prediction(s, obj.OUTPUT_TYPE),
+                        "margin": choice_margin(s, obj, spec.metric) if spec.margin else math.nan,
                     }
                 )
     return rows
@@ -287,6 +307,7 @@ def task_settings(task: Task) -> dict:
     return {
         "shots": task.shots,
         "limit": task.limit,
+        "max_new_tokens": task.max_new_tokens,
         "metric": spec.metric,
         "filter": spec.filter,
         "eval_split": task.eval_split,

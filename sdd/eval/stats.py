@@ -94,60 +94,92 @@ variance of (n - 1) / n * s^2 / n, (n - 1) / n of the plug-in value: none with 1
 80% with 5. Smaller strata would make the interval too narrow."""
 
 
-def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int) -> dict:
-    """Paired bootstrap CI of average(a) - average(b) over the items both models were scored on.
+ITEM_KEYS = ["task", "subtask", "doc_id"]
 
-    Items are paired on (task, subtask, doc_id); the average is linear in the subtask means, so the
-    difference is sum_i w_i (a_i - b_i) with w_i = 1 / (tasks * subtasks of its task * items of its
-    subtask). Each task is resampled on its own (stratified bootstrap, Efron & Tibshirani 1993,
-    ch. 16; paired comparison as in Koehn 2004 for MT), at a level with enough items:
 
-    - every subtask has >= MIN_RESAMPLE_ITEMS paired items: items are resampled within each subtask;
-    - some subtask has fewer (MMLU with 2 items per subject): the task's items are resampled jointly
-      and each replicate is the weighted mean sum w_i d_i / sum w_i over the drawn items (equal
-      subtask sizes: the plain mean of the task's items);
-    - the task itself has fewer than MIN_RESAMPLE_ITEMS paired items (GSM8k with limit 1): its
-      sampling variance cannot be estimated, so no CI is given (ci_low = ci_high = None, the reason
-      in `ci_unavailable`); the difference is still reported.
+def _seed_matrix(frames: list[pd.DataFrame], keys: list[str], columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the items every replicate scored, in one order; array seeds x items x columns)."""
+    common = frames[0][keys]
+    for f in frames[1:]:
+        common = common.merge(f[keys], on=keys)
+    values = [common.merge(f[keys + columns], on=keys, how="left")[columns].to_numpy(float) for f in frames]
+    return common, np.stack(values)
 
-    Percentile interval. `unpaired_items` counts the items only one of the two was scored on.
+
+def _seed_means(values: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Per bootstrap replicate, the mean over the drawn seeds: (iterations, items, columns)."""
+    return values[picks].mean(axis=1)
+
+
+def hierarchical_bootstrap(
+    a: list[pd.DataFrame],
+    b: list[pd.DataFrame],
+    iterations: int,
+    confidence: float,
+    seed: int,
+    column: str = "score",
+) -> dict:
+    """CI of average(a) - average(b) over seeds and items together: each side is one recipe trained
+    under several seeds (a list of per-item frames, one per replicate; one frame = one model), and
+    the estimate is the difference of the seed-averaged averages.
+
+    Each bootstrap replicate resamples, in two levels (a two-stage cluster bootstrap, Davison &
+    Hinkley 1997, sec. 3.8; Field & Welsh 2007): first each side's seeds with replacement, then the
+    items, paired (the same draw for both sides) and stratified by task as below; the replicate is
+    the weighted mean difference over the drawn items of the drawn seeds' per-item means. It carries
+    the spread between training runs as well as the sampling of items, which a range of two seeds or
+    an item-only CI do not (tests/test_recovery.py checks its coverage on a simulation with a known
+    difference). With one model per side it is the paired item bootstrap.
+
+    Items are paired on (task, subtask, doc_id) and kept when every replicate of both sides scored
+    them; the average is linear in the subtask means, so item i weighs w_i = 1 / (tasks * subtasks
+    of its task * items of its subtask). Each task is resampled on its own (Efron & Tibshirani 1993,
+    ch. 16), at a level with enough items:
+    - every subtask has >= MIN_RESAMPLE_ITEMS items: items are resampled within each subtask;
+    - some subtask has fewer (MMLU with 2 items per subject): the task's items are resampled jointly,
+      each replicate the weighted mean sum w_i d_i / sum w_i over the drawn items;
+    - the task has fewer than MIN_RESAMPLE_ITEMS items (GSM8k with limit 1): no CI (the reason in
+      `ci_unavailable`); the difference is still reported.
+    `column` is the per-item value compared (score, or margin). Percentile interval.
     """
-    keys = ["task", "subtask", "doc_id"]
-    joined = a[keys + ["score"]].merge(b[keys + ["score"]], on=keys, suffixes=("_a", "_b"), validate="one_to_one")
-    if joined.empty:
+    keys = ITEM_KEYS
+    present = [f.dropna(subset=[column]) for f in a + b]
+    items, values = _seed_matrix(present, keys, [column])
+    if items.empty:
         raise InputError(
             "the two models share no evaluated items (task, subtask, doc_id); evaluate both "
             "with the same evaluate.tasks settings"
         )
-    joined["diff"] = joined["score_a"] - joined["score_b"]
-    n_tasks = joined["task"].nunique()
-    sizes = joined.groupby(["task", "subtask"])["diff"].transform("size")
-    n_sub = joined.groupby("task")["subtask"].transform("nunique")
-    joined["weight"] = 1.0 / (n_tasks * n_sub * sizes)
-    observed = float((joined["weight"] * joined["diff"]).sum())
+    va, vb = values[: len(a), :, 0], values[len(a) :, :, 0]
+    diff = va.mean(axis=0) - vb.mean(axis=0)
+    frame = items.assign(diff=diff)
+    n_tasks = frame["task"].nunique()
+    sizes = frame.groupby(["task", "subtask"])["diff"].transform("size")
+    n_sub = frame.groupby("task")["subtask"].transform("nunique")
+    weight = (1.0 / (n_tasks * n_sub * sizes)).to_numpy()
+    observed = float((weight * diff).sum())
     rng = np.random.default_rng(seed)
+    seeds_a = rng.integers(0, len(a), size=(iterations, len(a)))
+    seeds_b = rng.integers(0, len(b), size=(iterations, len(b)))
+    drawn = va[seeds_a].mean(axis=1) - vb[seeds_b].mean(axis=1)  # (iterations, items)
     total = np.zeros(iterations)
     resampled_by: dict[str, str | None] = {}
     too_small: list[str] = []
-    for task, rows in joined.groupby("task", sort=True):
+    for task, rows in frame.groupby("task", sort=True):
         smallest = int(rows.groupby("subtask").size().min())
         if len(rows) < MIN_RESAMPLE_ITEMS:
-            resampled_by[task] = None
+            resampled_by[str(task)] = None
             too_small.append(f"{task} ({len(rows)} paired items)")
-        elif smallest >= MIN_RESAMPLE_ITEMS:
-            resampled_by[task] = "subtask"
-            for _, sub in rows.groupby("subtask", sort=True):
-                diff, weight = sub["diff"].to_numpy(), float(sub["weight"].sum())
-                picks = rng.integers(0, len(diff), size=(iterations, len(diff)))
-                total += weight * diff[picks].mean(axis=1)
-        else:
-            resampled_by[task] = "task"
-            diff, weight = rows["diff"].to_numpy(), rows["weight"].to_numpy()
-            picks = rng.integers(0, len(diff), size=(iterations, len(diff)))
-            total += weight.sum() * (weight[picks] * diff[picks]).sum(axis=1) / weight[picks].sum(axis=1)
-    low: float | None = None
-    high: float | None = None
-    reason: str | None = None
+            continue
+        strata = [r.index.to_numpy() for _, r in rows.groupby("subtask", sort=True)]
+        resampled_by[str(task)] = "subtask" if smallest >= MIN_RESAMPLE_ITEMS else "task"
+        for idx in strata if smallest >= MIN_RESAMPLE_ITEMS else [rows.index.to_numpy()]:
+            picks = idx[rng.integers(0, len(idx), size=(iterations, len(idx)))]
+            w = weight[picks]
+            d = np.take_along_axis(drawn, picks, axis=1)
+            total += weight[idx].sum() * (w * d).sum(axis=1) / w.sum(axis=1)
+    low = high = None
+    reason = None
     if too_small:
         reason = (
             f"too few items to resample: {', '.join(too_small)}; a task needs at least {MIN_RESAMPLE_ITEMS} "
@@ -163,10 +195,16 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confiden
         "ci_unavailable": reason,
         "confidence": confidence,
         "iterations": iterations,
+        "seeds": [len(a), len(b)],
         "resampled_by": resampled_by,
-        "paired_items": int(len(joined)),
-        "unpaired_items": int(len(a) + len(b) - 2 * len(joined)),
+        "paired_items": int(len(items)),
+        "unpaired_items": int(sum(len(f) for f in present) - len(present) * len(items)),
     }
+
+
+def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int) -> dict:
+    """The paired item bootstrap of average(a) - average(b): `hierarchical_bootstrap` with one model a side."""
+    return hierarchical_bootstrap([a], [b], iterations, confidence, seed)
 
 
 FIDELITY_METRICS = {"kl": "kl_sum", "top1_agreement": "top1_sum", "perplexity": "nll_sum"}
@@ -178,48 +216,70 @@ def _ratio(sums: np.ndarray, tokens: np.ndarray, metric: str) -> np.ndarray:
     return np.exp(mean) if metric == "perplexity" else mean
 
 
-def paired_fidelity_bootstrap(
-    a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int
+def ratio_bootstrap(
+    a: list[pd.DataFrame],
+    b: list[pd.DataFrame],
+    metrics: dict[str, str],
+    keys: list[str],
+    iterations: int,
+    confidence: float,
+    seed: int,
 ) -> dict[str, dict[str, Any]]:
-    """Paired bootstrap CIs of fidelity(a) - fidelity(b) for KL, top-1 agreement and perplexity.
-
-    `a`, `b`: per-prompt frames (sdd.eval.fidelity.FIDELITY_PER_PROMPT: tokens and the sums over
-    the reference's continuation). Prompts are paired on (prompt_set, id) and resampled jointly, the
-    same draw for both models; each replicate recomputes the token-weighted means (a ratio estimator,
-    as the metrics themselves are). Percentile interval.
-    """
-    keys = ["prompt_set", "id"]
-    joined = a.merge(b, on=keys, suffixes=("_a", "_b"), validate="one_to_one")
-    if joined.empty:
+    """CIs of token-weighted per-prompt measures, a - b, resampling seeds then prompts (as
+    `hierarchical_bootstrap`). `metrics`: name -> the column of per-prompt sums; `tokens` holds each
+    prompt's token count (the same text for every model, so the same count). Each replicate
+    recomputes the ratio sum(values) / sum(tokens) over the drawn prompts of each side's drawn seeds'
+    per-prompt means (a ratio estimator, as the measures themselves are). Percentile interval."""
+    columns = ["tokens", *metrics.values()]
+    items, values = _seed_matrix(a + b, keys, columns)
+    if items.empty:
         raise InputError(
-            "the two models share no fidelity prompts (prompt_set, id); evaluate both with the same "
-            "evaluate.fidelity settings"
+            "the two models share no prompts (prompt set, id); evaluate both with the same evaluate settings"
         )
     unavailable = None
-    if len(joined) < MIN_RESAMPLE_ITEMS:  # as for items: resampling fewer understates the variance
-        unavailable = f"{len(joined)} paired prompts; at least {MIN_RESAMPLE_ITEMS} are resampled"
-    picks = np.random.default_rng(seed).integers(0, len(joined), size=(iterations, len(joined)))
+    if len(items) < MIN_RESAMPLE_ITEMS:  # as for items: resampling fewer understates the variance
+        unavailable = f"{len(items)} paired prompts; at least {MIN_RESAMPLE_ITEMS} are resampled"
+    rng = np.random.default_rng(seed)
+    seeds = {
+        "a": rng.integers(0, len(a), size=(iterations, len(a))),
+        "b": rng.integers(0, len(b), size=(iterations, len(b))),
+    }
+    picks = rng.integers(0, len(items), size=(iterations, len(items)))
+    sides = {"a": values[: len(a)], "b": values[len(a) :]}
     alpha = (1.0 - confidence) / 2
     out = {}
-    for metric, column in FIDELITY_METRICS.items():
-        diffs = []
-        for side in ("a", "b"):
-            sums, tokens = joined[f"{column}_{side}"].to_numpy(), joined[f"tokens_{side}"].to_numpy()
-            diffs.append((_ratio(sums, tokens, metric), _ratio(sums[picks], tokens[picks], metric)))
-        (obs_a, rep_a), (obs_b, rep_b) = diffs
-        low, high = (None, None) if unavailable else (float(q) for q in np.quantile(rep_a - rep_b, [alpha, 1 - alpha]))
+    for j, (metric, _) in enumerate(metrics.items(), start=1):
+        observed, replicates = {}, {}
+        for side, vals in sides.items():
+            mean = vals.mean(axis=0)  # items x columns
+            observed[side] = _ratio(mean[:, j], mean[:, 0], metric)
+            drawn = vals[seeds[side]].mean(axis=1)  # iterations x items x columns
+            sums = np.take_along_axis(drawn[:, :, j], picks, axis=1)
+            tokens = np.take_along_axis(drawn[:, :, 0], picks, axis=1)
+            replicates[side] = _ratio(sums, tokens, metric)
+        rep = replicates["a"] - replicates["b"]
+        low, high = (None, None) if unavailable else (float(q) for q in np.quantile(rep, [alpha, 1 - alpha]))
         out[metric] = {
-            "a": float(obs_a),
-            "b": float(obs_b),
-            "difference": float(obs_a - obs_b),
+            "a": float(observed["a"]),
+            "b": float(observed["b"]),
+            "difference": float(observed["a"] - observed["b"]),
             "ci_low": low,
             "ci_high": high,
             "ci_unavailable": unavailable,
             "confidence": confidence,
             "iterations": iterations,
-            "prompts": len(joined),
+            "seeds": [len(a), len(b)],
+            "prompts": len(items),
         }
     return out
+
+
+def paired_fidelity_bootstrap(
+    a: pd.DataFrame, b: pd.DataFrame, iterations: int, confidence: float, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Paired CIs of fidelity(a) - fidelity(b) for KL, top-1 agreement and perplexity, over prompts
+    paired on (prompt_set, id) (sdd.eval.fidelity.FIDELITY_PER_PROMPT): `ratio_bootstrap`, one model a side."""
+    return ratio_bootstrap([a], [b], FIDELITY_METRICS, ["prompt_set", "id"], iterations, confidence, seed)
 
 
 def mean_over_seeds(frames: list[pd.DataFrame], keys: list[str], columns: list[str]) -> pd.DataFrame:

@@ -112,6 +112,9 @@ def in_process(tensor_parallel_size: int) -> dict[str, Any]:
     if torch.cuda.is_available() or tensor_parallel_size > 1:
         return {}
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # The engine core cuts torch to 1 thread "for serving" unless OMP_NUM_THREADS is set; in one process
+    # that is the worker's compute too (distill's prefill ran at ~half speed). Keep every core.
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     return {"distributed_executor_backend": "uni"}
 
 

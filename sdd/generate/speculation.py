@@ -123,7 +123,7 @@ class Measurement:
 
 def held_out_rows(df: Any, dataset: str, count: int, val_fraction: float, seed: int) -> list[dict]:
     """`count` rows of a prepared dataset that finetune's validation split held out (never trained on)."""
-    from sdd.model.training import split_by_id
+    from sdd.data.examples import split_by_id
 
     held = split_by_id(df["id"].tolist(), val_fraction, seed)
     return held_out_prompts(df.to_dict("records"), [i for i in df["id"] if i in held], count, dataset)

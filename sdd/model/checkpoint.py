@@ -40,8 +40,11 @@ def load_source(source: str, revision: str | None, *, trust_remote_code: bool, a
         check_model_dir(local, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         source = str(local)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "use_safetensors": not allow_pickle or None}
-    tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    from sdd.hub import reaching_hub  # a local folder never reaches the hub; a hub id downloads here
+
+    with reaching_hub("model", source, "base_model.source"):
+        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     return model, tok
 
 

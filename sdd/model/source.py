@@ -91,7 +91,11 @@ def fingerprint(source: str, revision: str | None, previous: dict | None = None)
             "sha256": digest_of([[f["path"], f["sha256"]] for f in files], length=64),
             "files": files,
         }
-    from huggingface_hub import HfApi  # hub access only for a hub id
+    from sdd.hub import hub_commit  # hub access only for a hub id
 
-    info = HfApi().model_info(source, revision=revision)
-    return {"kind": "hub", "repo": source, "revision": revision, "sha": info.sha}
+    return {
+        "kind": "hub",
+        "repo": source,
+        "revision": revision,
+        "sha": hub_commit("model", source, revision, "base_model.source"),
+    }

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from sdd.data.examples import IGNORE
 from sdd.errors import InputError
-from sdd.model.training import IGNORE
 
 FORMAT = "sdd.teacher_logits/1"
 MANIFEST = "manifest.json"
@@ -223,8 +223,8 @@ def build(rows: list[dict], model_dir: Path, cfg: Any, out: Path, scratch: Path,
 
     from sdd.artifacts import atomic_path, write_json
     from sdd.cache import fingerprint, keyed_dir, tree_digest
+    from sdd.data.examples import encode_rows
     from sdd.model.checkpoint import load_model
-    from sdd.model.training import encode_rows
 
     model, tok = load_model(model_dir, cfg.dtype, device)
     examples = encode_rows(rows, tok, max_seq_len=1 << 30, overlong="truncate")[0]  # every response token

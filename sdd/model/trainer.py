@@ -26,6 +26,7 @@ from sdd.artifacts import atomic_path, read_parquet, write_json
 from sdd.config import Params
 from sdd.config.finetune import ArmParams, FinetuneParams, sharded, world_size
 from sdd.config.paths import Paths
+from sdd.data.examples import encode_rows, split_by_id
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
 from sdd.hardware import precision_record
@@ -74,7 +75,7 @@ def read_arm(
     val_original: list[dict] = []
     for ds, kind in data.items():
         rows = dataset_rows(paths, ds, kind)
-        held_out = ft.split_by_id([r["id"] for r in rows], val_fraction, seed)
+        held_out = split_by_id([r["id"] for r in rows], val_fraction, seed)
         train_rows += [r for r in rows if r["id"] not in held_out]
         val += [r for r in rows if r["id"] in held_out]
         val_original += [{**r, "response": r["response_original"]} for r in rows if r["id"] in held_out]
@@ -237,16 +238,16 @@ def train(arm: str, params: Params, run_dir: Path, dev: str, world_size: int) ->
     start = time.perf_counter()
     model, tok = load_model(paths.model_dir("pruned"), "float32")
     train_rows, val_rows, val_original_rows = read_arm(paths, data, cfg.val_fraction, cfg.seed)
-    train_ex, counts = ft.encode_rows(train_rows, tok, cfg.max_seq_len, cfg.overlong)
+    train_ex, counts = encode_rows(train_rows, tok, cfg.max_seq_len, cfg.overlong)
     _, args = resolved(params, arm, run_dir, dev, world_size, len(train_ex))
     if not train_ex:
         raise InputError(
             f"arm {arm!r}: no training example left after finetune.overlong={cfg.overlong} at "
             f"max_seq_len={cfg.max_seq_len} ({counts}); raise finetune.max_seq_len"
         )
-    evals = {"val": ft.encode_rows(val_rows, tok, cfg.max_seq_len, "truncate")[0]}
+    evals = {"val": encode_rows(val_rows, tok, cfg.max_seq_len, "truncate")[0]}
     if "distilled" in data.values():
-        evals["val_original"] = ft.encode_rows(val_original_rows, tok, cfg.max_seq_len, "truncate")[0]
+        evals["val_original"] = encode_rows(val_original_rows, tok, cfg.max_seq_len, "truncate")[0]
 
     collator = ft.collator(tok, cfg.batching)
     extra: dict[str, Any] = {}
