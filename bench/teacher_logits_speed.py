@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _rows_of(params) -> list[dict]:
-    from sdd.model.trainer import dataset_rows
+    from sdd.model.recipe import dataset_rows
 
     return [r for ds in ("gsm8k", "alpaca") for r in dataset_rows(params.paths, ds, "original")]
 
@@ -135,6 +135,7 @@ def train_throughput(params, pieces: list[dict], steps: int) -> list[dict]:
     from transformers import Trainer, set_seed
 
     from sdd.data.examples import encode_rows
+    from sdd.model import kd
     from sdd.model import training as ft
     from sdd.model.checkpoint import load_model
     from sdd.model.teacher import Row
@@ -149,14 +150,14 @@ def train_throughput(params, pieces: list[dict], steps: int) -> list[dict]:
         collator = ft.collator(tok, cfg.batching)
         extra = {}
         if objective == "kd":
-            examples = ft.attach_teacher(examples, lambda ex: by_id[ex["id"]])
-            collator, extra = ft.WithTeacher(collator), {"kd": cfg.kd}
+            examples = kd.attach_teacher(examples, lambda ex: by_id[ex["id"]])
+            collator, extra = kd.WithTeacher(collator), {"kd": cfg.kd}
         with tempfile.TemporaryDirectory() as out:
             args = dataclasses.replace(
                 ft.training_arguments(cfg, out, device()), eval_strategy="no", save_strategy="no"
             )
             set_seed(cfg.seed)
-            trainer = (ft.DistillationTrainer if objective == "kd" else Trainer)(
+            trainer = (kd.OfflineKDTrainer if objective == "kd" else Trainer)(
                 model=ft.apply_method(model, cfg),
                 args=args,
                 train_dataset=ft.ExampleDataset(examples),

@@ -1,46 +1,51 @@
-"""The study report: one finished run of a study preset, written up with its figures.
+"""Study reports anyone can re-check: a finished run of a study preset, written up from data that is
+committed beside the report, and a command that recomputes every figure from that data.
 
-    python -m sdd.study --preset presets/smollm2-study.yaml --log run.log [--log more.log] \\
-        --out reports/studies/smollm2-135m.md --command "dvc exp run -n smollm2-study ..."
+    python -m sdd.study write --preset presets/smollm2-recipe.yaml --log run.log [--log more.log] \\
+        --out reports/studies/smollm2-135m-recipe.md --command "dvc exp run ..." [--title ... --summary ...]
+    python -m sdd.study verify reports/studies/smollm2-135m-recipe
 
-Reads the run's outputs in the working tree (the report's comparisons, each stage's metrics, the
-distilled data) and the logs of the `dvc exp run` calls (each stage logs "<stage> done: ...
-seconds=N"), and writes the Markdown report plus static SVG figures beside it (rendered offline from
-Vega-Lite specs, sdd.plots): recovery per model with its CI, KL per model with its CI. Every number
-comes from the artifacts; nothing is typed in.
-
-A follow-up run with other params adds `--against <earlier run's tree> --across sdd [--across ...]`:
-each named model against itself in the earlier run, paired over the same items and prompts.
+`write` copies what the report's numbers come from into the folder beside it (`<name>/`): every
+model's per-item scores and margins (`samples.parquet`), per-prompt fidelity (`fidelity.parquet`),
+per-row held-out measures (`measures.parquet`) and `run.json` (each model's evaluation metrics, the
+comparisons and bootstrap settings, training budgets, distilled shares, stage times from the logs,
+the machine, commit, command and preset); then renders the report from that folder alone, with
+offline SVG figures. `verify` renders it again from the folder and fails on any difference with the
+committed Markdown: every figure is recomputed from committed data, nothing is typed in.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import platform
+import difflib
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sdd.artifacts import read_json, read_parquet
-from sdd.config import Params, load_params
-from sdd.config.models import replicate_groups
+from sdd.artifacts import read_json, read_parquet, write_json
+from sdd.config import Params, load_params, models
 from sdd.data.schemas import EVAL_SAMPLES
-from sdd.errors import InputError
+from sdd.eval import markdown as md
+from sdd.eval.compare import Evaluated
+from sdd.eval.fmt import num, pct, value_ci
+from sdd.eval.measures import MEASURE_ROWS, measures_file
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
-from sdd.eval.report import compare_models
+from sdd.eval.report import ReportInputs, summarise
 from sdd.plots import to_svg
 
 DONE = re.compile(r"^\S+ \S+ sdd INFO (\S+) done: .*seconds=([\d.]+)", re.M)
+FRAMES = {"samples": EVAL_SAMPLES, "fidelity": FIDELITY_PER_PROMPT, "measures": MEASURE_ROWS}
 
 
 def stage_seconds(logs: list[str]) -> dict[str, float]:
-    """Wall seconds per stage from the stage logs (the last run of a stage wins: a resumed stage
-    reports the time of the run that finished it)."""
+    """Seconds per stage from the stage logs (the last run of a stage wins: a resumed stage reports
+    the time of the run that finished it)."""
     out: dict[str, float] = {}
     for text in logs:
         for stage, seconds in DONE.findall(text):
@@ -48,65 +53,26 @@ def stage_seconds(logs: list[str]) -> dict[str, float]:
     return out
 
 
-def recovery_ci(
-    model: pd.DataFrame, base: pd.DataFrame, tasks: list[str], iterations: int, seed: int
-) -> tuple[float, float, float]:
-    """Recovery over `tasks` (mean of task means, model / base) with a paired percentile 95% CI:
-    items resampled within each task, the same draw for model and base (single-subtask tasks)."""
-    keys = ["task", "subtask", "doc_id"]
-    joined = model[keys + ["score"]].merge(base[keys + ["score"]], on=keys, suffixes=("_m", "_b"))
-    joined = joined[joined["task"].isin(tasks)]
-    rng = np.random.default_rng(seed)
-    num, den = np.zeros(iterations), np.zeros(iterations)
-    observed_num, observed_den = 0.0, 0.0
-    for _, rows in joined.groupby("task"):
-        m, b = rows["score_m"].to_numpy(), rows["score_b"].to_numpy()
-        picks = rng.integers(0, len(m), size=(iterations, len(m)))
-        num += m[picks].mean(axis=1)
-        den += b[picks].mean(axis=1)
-        observed_num, observed_den = observed_num + m.mean(), observed_den + b.mean()
-    low, high = np.quantile(num / den, [0.025, 0.975])
-    return observed_num / observed_den, float(low), float(high)
+def machine() -> dict:
+    import os
 
+    from sdd.hardware import detect
 
-def kl_ci(frame: pd.DataFrame, iterations: int, seed: int) -> tuple[float, float, float]:
-    """A model's token-weighted KL to the base with a percentile 95% CI over prompts."""
-    kl, tokens = frame["kl_sum"].to_numpy(), frame["tokens"].to_numpy()
-    picks = np.random.default_rng(seed).integers(0, len(kl), size=(iterations, len(kl)))
-    low, high = np.quantile(kl[picks].sum(axis=1) / tokens[picks].sum(axis=1), [0.025, 0.975])
-    return kl.sum() / tokens.sum(), float(low), float(high)
-
-
-def interval_chart(rows: list[dict], value: str, title: str, reference: float | None = None) -> dict:
-    """Vega-Lite: one point with its CI bar per model (rows: model, value, low, high)."""
-    axis = {"field": value, "type": "quantitative", "title": title, "scale": {"zero": False}}
-    layers: list[dict] = [
-        {
-            "mark": {"type": "rule", "strokeWidth": 2},
-            "encoding": {"y": {"field": "model", "type": "nominal", "sort": None}, "x": {**axis, "field": "low"}}
-            | {"x2": {"field": "high"}},
-        },
-        {
-            "mark": {"type": "point", "filled": True, "size": 80},
-            "encoding": {"y": {"field": "model", "type": "nominal", "sort": None, "title": None}, "x": axis},
-        },
-    ]
-    if reference is not None:
-        layers.append({"data": {"values": [{"r": reference}]}, "mark": {"type": "rule", "strokeDash": [4, 4]}})
-        layers[-1]["encoding"] = {"x": {"field": "r", "type": "quantitative"}}
-    return {"width": 420, "height": 24 * len(rows), "data": {"values": rows}, "layer": layers}
+    device = detect()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "device": device.name, "flags": list(device.flags), "ram_gib": round(mem)}
 
 
 def distilled_share(params: Params) -> tuple[dict, dict]:
     """(per dataset: kept share and fallback reasons from distill's metrics; per arm: the share of
     its training rows whose response is a self-distilled rewrite)."""
-    from sdd.model.trainer import read_arm
+    from sdd.model.recipe import read_arm
 
     per_dataset = {}
     for ds in params.distill.datasets:
         m = read_json(params.paths.metrics_file("distill", ds))
         per_dataset[ds] = {k: m.get(k) for k in ("rows", "kept_distilled", "kept_distilled_fraction")}
-        per_dataset[ds] |= {"fallbacks": m.get("fallbacks_by_reason"), "ended": m.get("ended_at_answer_line")}
+        per_dataset[ds]["fallbacks"] = m.get("fallbacks_by_reason")
     per_arm = {}
     ft = params.finetune
     for arm, spec in ft.arms.items():
@@ -116,204 +82,274 @@ def distilled_share(params: Params) -> tuple[dict, dict]:
     return per_dataset, per_arm
 
 
-def across_runs(previous: Path, names: list[str], params: Params, report: dict) -> dict:
-    """Each model of `names` in this run minus the same model in an earlier run of the study with
-    other params (`previous`: that run's working tree, or a copy of its `paths.eval` and
-    `paths.metrics` folders), paired over the same items and fidelity prompts and seed-averaged over
-    `report.replicates`, as the run's own comparisons are (sdd.eval.report.compare_models)."""
-    paths, settings, groups = params.paths, params.report, replicate_groups(params)
-    earlier = read_json(previous / paths.metrics_file("report"))
-    samples, fidelity, models, replicates = {}, {}, {}, {}
-    for tag, root, summary in (("this run", Path("."), report), ("earlier", previous, earlier)):
-        for name in names:
-            group = [name, *groups.get(name, [])]
-            replicates[f"{name} ({tag})"] = [f"{m} ({tag})" for m in group[1:]]
-            for m in group:
-                where = f"evaluate@{m} ({tag}, {root})"
-                samples[f"{m} ({tag})"] = read_parquet(root / paths.eval_samples_file(m), EVAL_SAMPLES, where)
-                fidelity[f"{m} ({tag})"] = read_parquet(
-                    per_prompt_file(root / paths.eval, m), FIDELITY_PER_PROMPT, where
-                )
-                if m not in summary["models"]:
-                    raise InputError(
-                        f"{root / paths.metrics_file('report')} has no model {m!r}: "
-                        "--across names a model both runs evaluated"
-                    )
-                models[f"{m} ({tag})"] = summary["models"][m]
-    above = report["above_chance_tasks"]
-    return {
-        f"{n} (this run) - {n} (earlier)": compare_models(
-            f"{n} (this run)",
-            f"{n} (earlier)",
-            models,
-            samples,
-            fidelity,
-            replicates,
-            above,
-            settings.bootstrap,
-            settings.confidence,
-            settings.seed,
-        )
-        for n in names
-    }
+TRAINING = ("seed", "steps", "epochs", "train_rows", "tokens_seen", "val_loss", "val_original_loss", "wall_seconds")
 
 
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, no GPU"
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def write(args: argparse.Namespace) -> Path:
-    params = load_params()
+def collect(params: Params, args: argparse.Namespace, folder: Path) -> None:
+    """Copy the run's per-item data and every input of the report into `folder`."""
     paths = params.paths
-    out = Path(args.out)
-    figures = out.parent / out.stem
-    figures.mkdir(parents=True, exist_ok=True)
-    report = read_json(paths.metrics_file("report"))
-    models, above = report["models"], report["above_chance_tasks"]
-    samples = {m: read_parquet(paths.eval_samples_file(m), EVAL_SAMPLES, f"evaluate@{m}") for m in models}
-    fid = {m: read_parquet(per_prompt_file(paths.eval, m), FIDELITY_PER_PROMPT, f"evaluate@{m}") for m in models}
-    base = params.report.baseline
-    rec_rows, kl_rows = [], []
-    for i, m in enumerate(models):
-        value, low, high = recovery_ci(samples[m], samples[base], above, args.bootstrap, i)
-        rec_rows.append({"model": m, "recovery": 100 * value, "low": 100 * low, "high": 100 * high})
-        if m != base:
-            k, klow, khigh = kl_ci(fid[m], args.bootstrap, i)
-            kl_rows.append({"model": m, "kl": k, "low": klow, "high": khigh})
-    rec_title = f"recovery over the above-chance tasks ({', '.join(above)}), % of {base}"
-    (figures / "recovery.svg").write_text(to_svg(interval_chart(rec_rows, "recovery", rec_title, 100.0)))
-    (figures / "kl.svg").write_text(to_svg(interval_chart(kl_rows, "kl", f"KL({base} ‖ model) per token")))
+    names = models.evaluated(params)
+    files = {
+        "samples": lambda m: paths.eval_samples_file(m),
+        "fidelity": lambda m: per_prompt_file(paths.eval, m),
+        "measures": lambda m: measures_file(paths.eval, m),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, schema in FRAMES.items():
+        frames = [read_parquet(files[kind](m), schema, f"evaluate@{m}").assign(model=m) for m in names]
+        pd.concat(frames, ignore_index=True).to_parquet(folder / f"{kind}.parquet", index=False)
     per_dataset, per_arm = distilled_share(params)
-    seconds = stage_seconds([Path(p).read_text(errors="replace") for p in args.log])
     finetune = {a: read_json(paths.metrics_file("finetune", a)) for a in params.finetune.arms}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    text = render(args, params, report, rec_rows, kl_rows, per_dataset, per_arm, seconds, finetune, commit, figures)
-    if args.against:
-        note = f"The same models in the earlier run (`{args.against}`), this run minus that one."
-        table = comparison_table(across_runs(Path(args.against), args.across, params, report))
-        text += "\n".join(["", "## Against the earlier run", "", note, "", *table[2:]])
-    out.write_text(text, encoding="utf-8")
-    return out
+    speculate = {
+        f.stem: read_json(f)
+        for f in sorted((Path(paths.metrics) / "speculate").glob("*.json"))
+        if not f.name.endswith(".headline.json")
+    }
+    cfg = params.report
+    run = {
+        "title": args.title,
+        "summary": args.summary,
+        "command": args.command,
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": machine(),
+        "preset": Path(args.preset).read_text(encoding="utf-8"),
+        "evals": {m: read_json(paths.metrics_file("evaluate", m)) for m in names},
+        "report": {"baseline": cfg.baseline, "start": cfg.start, "pairs": models.comparisons(params)},
+        "replicates": models.replicate_groups(params),
+        "bootstrap": {"iterations": args.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed},
+        "prune": read_json(paths.metrics_file("prune")),
+        "speculate": {n: s for n, s in speculate.items() if not s.get("skipped")},
+        "distilled": {"datasets": per_dataset, "arms": per_arm},
+        "training": {a: {k: f.get(k) for k in TRAINING} for a, f in finetune.items()},
+        "seconds": stage_seconds([Path(p).read_text(errors="replace") for p in args.log]),
+    }
+    write_json(folder / "run.json", run)
 
 
-def render(args, params, report, rec_rows, kl_rows, per_dataset, per_arm, seconds, finetune, commit, figures) -> str:  # noqa: PLR0913
-    models, comparisons, above = report["models"], report["comparisons"], report["above_chance_tasks"]
-    tasks = list(next(iter(models.values()))["tasks"])
-    rec = {r["model"]: r for r in rec_rows}
-    kls = {r["model"]: r for r in kl_rows}
-    lines = [f"# {args.title}", "", args.summary or "", ""]
-    lines += ["## Results", "", f"Scores in % (± stderr). Above-chance tasks: {', '.join(above)}.", ""]
-    head = [
-        "model",
-        *tasks,
-        "average",
-        "above-chance avg",
-        "recovery above chance (95% CI)",
-        "chance-norm.",
-        "KL (95% CI)",
+def load(folder: Path) -> tuple[dict, dict[str, Evaluated]]:
+    run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    frames = {kind: pd.read_parquet(folder / f"{kind}.parquet") for kind in FRAMES}
+    evaluated = {
+        m: Evaluated(*(frames[k][frames[k]["model"] == m].drop(columns="model").reset_index(drop=True) for k in FRAMES))
+        for m in run["evals"]
+    }
+    return run, evaluated
+
+
+def recovery_ci(model: pd.DataFrame, base: pd.DataFrame, tasks: list[str], boot: dict) -> tuple[float, float, float]:
+    """Recovery over `tasks` (mean of task means, model / base) with a paired percentile CI: items
+    resampled within each task, the same draw for model and base."""
+    keys = ["task", "subtask", "doc_id"]
+    joined = model[keys + ["score"]].merge(base[keys + ["score"]], on=keys, suffixes=("_m", "_b"))
+    joined = joined[joined["task"].isin(tasks)]
+    rng = np.random.default_rng(boot["seed"])
+    num_, den = np.zeros(boot["iterations"]), np.zeros(boot["iterations"])
+    observed_num, observed_den = 0.0, 0.0
+    for _, rows in joined.groupby("task"):
+        m, b = rows["score_m"].to_numpy(), rows["score_b"].to_numpy()
+        picks = rng.integers(0, len(m), size=(boot["iterations"], len(m)))
+        num_ += m[picks].mean(axis=1)
+        den += b[picks].mean(axis=1)
+        observed_num, observed_den = observed_num + m.mean(), observed_den + b.mean()
+    alpha = (1 - boot["confidence"]) / 2
+    low, high = np.quantile(num_ / den, [alpha, 1 - alpha])
+    return observed_num / observed_den, float(low), float(high)
+
+
+def kl_ci(frame: pd.DataFrame, boot: dict) -> tuple[float, float, float]:
+    """A model's token-weighted KL to the base with a percentile CI over prompts."""
+    kl, tokens = frame["kl_sum"].to_numpy(), frame["tokens"].to_numpy()
+    picks = np.random.default_rng(boot["seed"]).integers(0, len(kl), size=(boot["iterations"], len(kl)))
+    alpha = (1 - boot["confidence"]) / 2
+    low, high = np.quantile(kl[picks].sum(axis=1) / tokens[picks].sum(axis=1), [alpha, 1 - alpha])
+    return kl.sum() / tokens.sum(), float(low), float(high)
+
+
+def interval_chart(rows: list[dict], value: str, title: str, reference: float | None = None) -> dict:
+    """Vega-Lite: one point with its CI bar per model (rows: model, value, low, high)."""
+    axis = {"field": value, "type": "quantitative", "title": title, "scale": {"zero": False}}
+    y = {"field": "model", "type": "nominal", "sort": None}
+    layers: list[dict] = [
+        {
+            "mark": {"type": "rule", "strokeWidth": 2},
+            "encoding": {"y": y, "x": {**axis, "field": "low"}, "x2": {"field": "high"}},
+        },
+        {"mark": {"type": "point", "filled": True, "size": 80}, "encoding": {"y": {**y, "title": None}, "x": axis}},
     ]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, row in models.items():
-        r, k = rec[m], kls.get(m)
-        cells = [f"`{m}`", *(f"{_pct(row['tasks'][t]['score'])} ± {_pct(row['tasks'][t]['stderr'])}" for t in tasks)]
-        cells += [_pct(row["average"]), _pct(row.get("average_above_chance"))]
-        cells += [f"{r['recovery']:.1f} [{r['low']:.1f}, {r['high']:.1f}]", _pct(row.get("recovery_cn_above_chance"))]
-        cells += [f"{k['kl']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" if k else "—"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"![recovery]({figures.name}/recovery.svg)", "", f"![KL]({figures.name}/kl.svg)", ""]
-    lines += comparison_table(comparisons)
-    lines += ["## Distilled share", "", "| dataset | rows | kept rewrites | share | fallbacks (reason: rows) |"]
-    lines += ["|---|---|---|---|---|"]
-    for ds, d in per_dataset.items():
-        lines.append(
-            f"| {ds} | {d['rows']} | {d['kept_distilled']} | {_pct(d['kept_distilled_fraction'])}% | {d['fallbacks']} |"
-        )
-    lines += ["", "| arm | training rows | distilled rows | share |", "|---|---|---|---|"]
-    lines += [
-        f"| `{a}` | {v['train_rows']} | {v['distilled_rows']} | {_pct(v['share'])}% |" for a, v in per_arm.items()
-    ]
-    lines += ["", "## Training budgets", "", "| arm | seed | steps | epochs | rows | tokens seen | val loss | wall s |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for a, f in finetune.items():
-        lines.append(
-            f"| `{a}` | {f.get('seed')} | {f['steps']} | {f['epochs']} | {f['train_rows']} | {f['tokens_seen']:,} | "
-            f"{f['val_loss']} | {f['wall_seconds']} |"
-        )
-    total = sum(seconds.values())
-    lines += ["", f"## Wall time per stage ({total / 3600:.2f} h in all)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {s} | {v:.0f} |" for s, v in seconds.items()]
-    preset = Path(args.preset).read_text()
-    lines += [
+    if reference is not None:
+        layers.append({"data": {"values": [{"r": reference}]}, "mark": {"type": "rule", "strokeDash": [4, 4]}})
+        layers[-1]["encoding"] = {"x": {"field": "r", "type": "quantitative"}}
+    return {"width": 420, "height": 24 * len(rows), "data": {"values": rows}, "layer": layers}
+
+
+def render(folder: Path) -> tuple[str, dict[str, dict]]:
+    """The report's Markdown and its figures' Vega-Lite specs, from the study folder alone."""
+    run, evaluated = load(folder)
+    r = run["report"]
+    inputs = ReportInputs(prune=run["prune"], speculate=run["speculate"])
+    pairs = [tuple(p) for p in r["pairs"]]
+    summary = summarise(
+        evaluated, run["evals"], r["baseline"], r["start"], pairs, run["replicates"], run["bootstrap"], inputs
+    )
+    base, above = r["baseline"], summary["above_chance_tasks"] or summary["tasks"]
+    rows: list[dict[str, Any]] = []
+    for name, e in evaluated.items():
+        rec = recovery_ci(e.samples, evaluated[base].samples, above, run["bootstrap"])
+        kl = kl_ci(e.fidelity, run["bootstrap"]) if name != base else None
+        rows.append({"model": name, "recovery": rec, "kl": kl})
+    figures = {
+        "recovery": interval_chart(
+            [ci_row(x["model"], "recovery", x["recovery"], 100) for x in rows],
+            "recovery",
+            f"recovery over {', '.join(above)}, % of {base}",
+            100.0,
+        ),
+        "kl": interval_chart(
+            [ci_row(x["model"], "kl", x["kl"]) for x in rows if x["kl"]], "kl", f"KL({base} ‖ model) per token"
+        ),
+    }
+    lines = [f"# {run['title']}", "", run["summary"], ""]
+    lines += results(summary, rows, folder.name)
+    lines += md.measures_table(summary)
+    lines += md.comparison_table(summary["comparisons"])
+    lines += budgets(run)
+    lines += provenance(run)
+    return "\n".join(lines) + "\n", figures
+
+
+def ci_row(model: str, name: str, estimate: tuple[float, float, float], scale: float = 1.0) -> dict:
+    value, low, high = estimate
+    return {"model": model, name: scale * value, "low": scale * low, "high": scale * high}
+
+
+def results(summary: dict, rows: list[dict], figures: str) -> list[str]:
+    above = summary["above_chance_tasks"]
+    head = ["model", *(md.TITLES.get(t, t) for t in summary["tasks"]), "average", "above-chance average"]
+    head += ["recovery above chance (95% CI)", "margin", "KL to base (95% CI)"]
+    table = []
+    for row in rows:
+        m = summary["models"][row["model"]]
+        cells = [f"`{row['model']}`", *(md.score_cell(m["tasks"][t]) for t in summary["tasks"])]
+        cells += [pct(m["average"], sign=""), pct(m.get("average_above_chance"), sign="")]
+        cells += [
+            value_ci(row["recovery"][0], row["recovery"][1], row["recovery"][2], scale=100),
+            num(m.get("margin")),
+            value_ci(row["kl"][0], row["kl"][1], row["kl"][2], digits=4) if row["kl"] else "—",
+        ]
+        table.append(cells)
+    return [
+        "## Results",
         "",
+        f"Scores in % (± stderr). Above-chance tasks: {', '.join(above) or 'none'}.",
+        "",
+        *md.table(head, table),
+        f"![recovery]({figures}/recovery.svg)",
+        "",
+        f"![KL]({figures}/kl.svg)",
+        "",
+    ]  # fmt: skip
+
+
+def budgets(run: dict) -> list[str]:
+    share = run["distilled"]
+    rows = [
+        [ds, str(d["rows"]), str(d["kept_distilled"]), pct(d["kept_distilled_fraction"]), str(d["fallbacks"])]
+        for ds, d in share["datasets"].items()
+    ]
+    arms = [
+        [f"`{a}`", str(v["train_rows"]), str(v["distilled_rows"]), pct(v["share"])] for a, v in share["arms"].items()
+    ]
+    train = [
+        [f"`{a}`", *(f"{v:,}" if isinstance(v, int) else str(v) for v in f.values())]
+        for a, f in run["training"].items()
+    ]
+    head = [
+        "arm",
+        "seed",
+        "steps",
+        "epochs",
+        "rows",
+        "tokens seen",
+        "val loss (own data)",
+        "val loss (original)",
+        "wall s",
+    ]
+    return [
+        "## Distilled share",
+        "",
+        *md.table(["dataset", "rows", "kept rewrites", "share", "fallbacks (reason: rows)"], rows),
+        *md.table(["arm", "training rows", "distilled rows", "share"], arms),
+        "## Training budgets",
+        "",
+        "`val loss (original)` is every arm's loss on the same held-out rows with the original responses: the one to "
+        "compare across arms (`val loss` is on the arm's own, possibly distilled, responses).",
+        "",
+        *md.table(head, train),
+    ]  # fmt: skip
+
+
+def provenance(run: dict) -> list[str]:
+    seconds = run["seconds"]
+    m = run["machine"]
+    lines = [f"## Wall time per stage ({sum(seconds.values()) / 3600:.2f} h in all)", ""]
+    lines += md.table(["stage", "seconds"], [[s, f"{v:.0f}"] for s, v in seconds.items()])
+    return lines + [
         "## How it was run",
         "",
-        f"- machine: {machine()}",
-        f"- commit: `{commit}`",
-        f"- command: `{args.command}`",
+        f"- machine: {m['cores']} cores, {m['device']} ({', '.join(m['flags'])}), {m['ram_gib']} GiB RAM",
+        f"- commit: `{run['commit']}`",
+        f"- command: `{run['command']}`",
+        f"- bootstrap: {run['bootstrap']['iterations']} resamples, seed {run['bootstrap']['seed']}",
+        "- params that differ from `params.yaml` (the preset):",
+        "",
+        "```yaml",
+        run["preset"].strip(),
+        "```",
     ]
-    lines += ["- params that differ from `params.yaml` (the preset):", "", "```yaml", preset.strip(), "```", ""]
-    return "\n".join(lines) + "\n"
 
 
-def _ci(c: dict | None, scale: float = 100.0, digits: int = 2) -> str:
-    """ "difference [low, high]" of one bootstrap result, in points (x100) or raw."""
-    if not c:
-        return "—"
-    low, high = c.get("ci_low"), c.get("ci_high")
-    ci = "no CI" if low is None or high is None else f"[{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
-    return f"{scale * c['difference']:+.{digits}f} {ci}"
+def write_report(folder: Path, out: Path) -> None:
+    text, figures = render(folder)
+    for name, spec in figures.items():
+        (folder / f"{name}.svg").write_text(to_svg(spec), encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
 
 
-def comparison_table(comparisons: dict) -> list[str]:
-    """Every report.compare pair: the paired 95% CIs (items, prompts), the seeds behind each side,
-    the difference seed by seed and the between-seed range, and the verdict."""
-    head = ["a − b", "seeds (a; b)", "Δ average, points", "Δ above-chance average, points"]
-    head += ["Δ above-chance, seed by seed", "between-seed range", "Δ KL", "Δ top-1 agreement, points"]
-    head += ["Δ perplexity", "verdict"]
-    note = "Paired bootstrap, 95% CI, items (or prompts) resampled; replicates averaged per item."
-    lines = ["## Comparisons", "", note, ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for pair, c in comparisons.items():
-        fid = c.get("fidelity", {})
-        spread = c.get("seed_spread", {}).get("average_above_chance") or {}
-        per_seed = ", ".join(f"{100 * d:+.2f}" for d in spread.get("per_seed_differences", [])) or "—"
-        cells = [f"`{pair}`", f"{', '.join(c['seeds']['a'])}; {', '.join(c['seeds']['b'])}"]
-        cells += [_ci(c), _ci(c.get("above_chance")), per_seed]
-        cells += [f"{100 * spread['range']:.2f}" if spread else "—", _ci(fid.get("kl"), 1.0, 4)]
-        cells += [_ci(fid.get("top1_agreement")), _ci(fid.get("perplexity"), 1.0, 3), c["verdict"]["claim"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+def verify(folder: Path) -> int:
+    """0 when the committed report equals the one rendered again from the folder's data, else 1."""
+    committed = folder.with_suffix(".md").read_text(encoding="utf-8")
+    text, _ = render(folder)
+    if text == committed:
+        print(f"{folder.with_suffix('.md')}: every figure recomputed from {folder}/ matches")
+        return 0
+    diff = difflib.unified_diff(committed.splitlines(), text.splitlines(), "committed", "recomputed", lineterm="")
+    print("\n".join(diff))
+    print(f"{folder.with_suffix('.md')} differs from what its data gives", file=sys.stderr)
+    return 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True)
-    parser.add_argument("--log", action="append", default=[])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--command", required=True)
-    parser.add_argument("--title", default="Study")
-    parser.add_argument("--summary", default="")
-    parser.add_argument("--bootstrap", type=int, default=2000)
-    parser.add_argument("--against", help="an earlier run's working tree: compare --across models with it")
-    parser.add_argument("--across", action="append", default=[], help="a model both runs evaluated")
-    args = parser.parse_args()
-    if bool(args.against) != bool(args.across):
-        parser.error("--against and --across go together: an earlier run's tree and the models to compare with it")
-    print(write(args))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdd.study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command_name", required=True)
+    w = sub.add_parser("write", help="collect the run's data beside the report and write the report")
+    w.add_argument("--preset", required=True)
+    w.add_argument("--log", action="append", default=[])
+    w.add_argument("--out", required=True, type=Path)
+    w.add_argument("--command", required=True)
+    w.add_argument("--title", default="Study")
+    w.add_argument("--summary", default="")
+    w.add_argument("--bootstrap", type=int, default=2000)
+    v = sub.add_parser("verify", help="recompute the report from its committed data; fail on any difference")
+    v.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    if args.command_name == "verify":
+        return verify(args.folder)
+    folder = args.out.parent / args.out.stem
+    collect(load_params(), args, folder)
+    write_report(folder, args.out)
+    print(args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

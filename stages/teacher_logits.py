@@ -22,7 +22,8 @@ from sdd.config import load_params
 from sdd.hardware import precision_record, resolve_dtype
 from sdd.model import teacher
 from sdd.model.checkpoint import check_model_dir
-from sdd.model.trainer import dataset_rows, teacher_producer
+from sdd.model.kd import teacher_producer
+from sdd.model.recipe import dataset_rows
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
 
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> None:
             Path(paths.scratch) / "teacher_logits" / f"{ds}.{kind}",
             device(),
             {"dataset": ds, "kind": kind},
+            params.finetune.rendering,
         )
         metrics["precision"] = precision_record(requested, cfg.dtype)
         write_json(paths.metrics_file("teacher_logits", f"{ds}.{kind}"), metrics)

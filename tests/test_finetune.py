@@ -23,7 +23,7 @@ from sdd.data.chat import user_message
 from sdd.data.examples import IGNORE, encode_rows, split_by_id
 from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.errors import InputError
-from sdd.model import trainer
+from sdd.model import launch, progress, recipe
 from sdd.model import training as ft
 from sdd.presets import apply_preset
 from stages import finetune as stage
@@ -170,7 +170,7 @@ def test_default_arms_differ_only_in_data(tmp_path):
     assert set(params.finetune.arms) >= {"sft", "sdd"}
     resolved = {}
     for arm in params.finetune.arms:
-        spec, args = trainer.resolved(params, arm, tmp_path / arm, "cpu")
+        spec, args = recipe.resolved(params, arm, tmp_path / arm, "cpu")
         training = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir", "run_name")}
         resolved[arm] = (spec, training)
     assert all(training == resolved["sft"][1] for _, training in resolved.values())  # KD and last-layers arms too
@@ -191,7 +191,7 @@ def test_default_arms_differ_only_in_data(tmp_path):
 def test_validation_and_checkpoint_intervals_follow_the_run_length():
     from sdd.config.finetune import FinetuneParams
 
-    demo = FinetuneParams()  # max_steps 8: every 4 steps (validation at 4 and 8)
+    demo = FinetuneParams(max_steps=8)  # every 4 steps (validation at 4 and 8)
     epoch = FinetuneParams(max_steps=None, epochs=1, batch_size=8)  # 540 rows -> 68 steps: every 17
     assert ft.total_steps(demo, 540) == 8 and ft.total_steps(epoch, 540) == 68
     assert ft.total_steps(epoch.model_copy(update={"grad_accum": 2}), 540) == 34
@@ -377,11 +377,11 @@ def test_fsdp_on_cpu_is_refused_not_run_as_ddp(project):
 
 
 def test_training_across_machines_needs_the_launchers_address_and_rank():
-    assert trainer.machine(1, {}) == (0, None, None)
+    assert launch.machine(1, {}) == (0, None, None)
     env = {"SLURM_NODEID": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29600"}
-    assert trainer.machine(2, env) == (1, "node-a", 29600)
+    assert launch.machine(2, env) == (1, "node-a", 29600)
     with pytest.raises(ValueError, match="num_machines=2 needs MASTER_ADDR"):
-        trainer.machine(2, {"SLURM_NODEID": "1"})
+        launch.machine(2, {"SLURM_NODEID": "1"})
 
 
 def test_a_missing_accelerate_config_is_named(project):
@@ -409,7 +409,10 @@ def test_resume_after_kill(tmp_path):
     proc.wait()
     assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"
     assert not (tmp_path / "metrics/finetune/sft.json").exists()
-    killed_at = ft.checkpoint_step(ft.last_complete_checkpoint(checkpoints))  # a half-written one is skipped
+    # a half-written checkpoint is skipped
+    killed_at = progress.checkpoint_step(
+        progress.last_complete_checkpoint(checkpoints)
+    )  # a half-written one is skipped
     assert killed_at < 120
 
     proc = run_stage(tmp_path, "sft")
@@ -463,12 +466,12 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_resumed_runs_throughput_counts_its_own_tokens(tmp_path):
-    assert ft.tokens_at(None) == 0
+    assert progress.tokens_at(None) == 0
     (tmp_path / "checkpoint-114").mkdir()
     (tmp_path / "checkpoint-114" / "trainer_state.json").write_text(
         '{"global_step": 114, "num_input_tokens_seen": 133306}'
     )
-    assert ft.tokens_at(str(tmp_path / "checkpoint-114")) == 133306
+    assert progress.tokens_at(str(tmp_path / "checkpoint-114")) == 133306
 
 
 SAVE_ADAPTER = """

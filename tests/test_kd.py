@@ -23,7 +23,7 @@ from sdd.errors import InputError
 from sdd.model import teacher
 from sdd.model.checkpoint import load_model
 from sdd.model.logits import kl_per_token, topk_kd_loss
-from sdd.model.trainer import dataset_rows, read_arm
+from sdd.model.recipe import dataset_rows, read_arm
 from stages import finetune, teacher_logits
 
 from conftest import save_tiny

@@ -1,17 +1,20 @@
-"""The study report's pieces: stage times from logs, recovery and KL intervals, and the SVG figures
-(a drawn mark for every model)."""
+"""Study reports: stage times from logs, recovery and KL intervals, the SVG figures (a drawn mark for
+every model), and `verify`: the committed report is exactly what its committed data gives."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from sdd import study
-from sdd.artifacts import read_json
 from sdd.plots import to_svg
+
+from conftest import REPO
 
 
 def test_stage_seconds_come_from_the_stage_logs_and_the_last_run_wins():
@@ -26,16 +29,17 @@ def test_recovery_ci_is_the_ratio_of_task_means_with_a_paired_interval():
     rng = np.random.default_rng(0)
     base = pd.DataFrame({"task": "arc", "subtask": "arc", "doc_id": range(400), "score": (rng.random(400) < 0.5) * 1.0})
     same = base.copy()
-    value, low, high = study.recovery_ci(same, base, ["arc"], 500, 0)
+    boot = {"iterations": 500, "confidence": 0.95, "seed": 0}
+    value, low, high = study.recovery_ci(same, base, ["arc"], boot)
     assert value == 1.0 and low == pytest.approx(1.0) and high == pytest.approx(1.0)  # paired: no spread at all
     worse = base.assign(score=base["score"] * (rng.random(400) < 0.8))
-    value, low, high = study.recovery_ci(worse, base, ["arc"], 500, 0)
+    value, low, high = study.recovery_ci(worse, base, ["arc"], boot)
     assert value == pytest.approx(worse["score"].mean() / base["score"].mean()) and low < value < high < 1.0
 
 
 def test_kl_ci_and_the_interval_chart_draw_every_model():
     frame = pd.DataFrame({"kl_sum": [1.0, 2.0, 3.0, 4.0], "tokens": [10, 10, 10, 10]})
-    kl, low, high = study.kl_ci(frame, 500, 0)
+    kl, low, high = study.kl_ci(frame, {"iterations": 500, "confidence": 0.95, "seed": 0})
     assert kl == pytest.approx(0.25) and 0.1 <= low <= kl <= high <= 0.4
     rows = [
         {"model": m, "kl": v, "low": v - 0.01, "high": v + 0.01}
@@ -46,46 +50,90 @@ def test_kl_ci_and_the_interval_chart_draw_every_model():
     assert all(f">{m}<" in svg for m in ("pruned", "sft", "sdd"))
 
 
-def _run_tree(root, scores: dict[str, np.ndarray], kl: dict[str, float], params) -> None:
-    """A run's evaluation outputs as the study report reads them: per-item samples, per-prompt
-    fidelity and the report's per-model summary."""
-    from sdd.artifacts import to_frame, write_json, write_parquet
-    from sdd.data.schemas import EVAL_SAMPLES
-    from sdd.eval.per_prompt import FIDELITY_PER_PROMPT, per_prompt_file
+def synthetic_study(folder: Path) -> None:
+    """A study folder as `write` leaves it, for base, pruned and two seeds of one arm."""
+    rng = np.random.default_rng(0)
+    p = {"base": 0.6, "pruned": 0.5, "sft": 0.55, "sft_seed1": 0.56}
+    samples, fidelity, measures, evals = [], [], [], {}
+    for model, prob in p.items():
+        rows = pd.DataFrame({"task": "arc_challenge", "subtask": "arc_challenge", "doc_id": range(60)})
+        rows = rows.assign(model=model, doc_hash="", score=(rng.random(60) < prob) * 1.0, chance=0.25)
+        rows = rows.assign(target="0", prediction="0", margin=rng.normal(prob - 0.5, 1, 60))
+        samples.append(rows)
+        kl = 0.0 if model == "base" else 1.0 - prob
+        fidelity.append(
+            pd.DataFrame({"prompt_set": "p", "id": [str(i) for i in range(8)], "tokens": 10}).assign(
+                kl_sum=kl * 10, top1_sum=8.0, nll_sum=5.0, ref_nll_sum=5.0, model=model
+            )
+        )
+        measures.append(
+            pd.DataFrame({"measure": "gold_nll", "set": "val:x", "id": [str(i) for i in range(6)]}).assign(
+                tokens=20, sum=20 * (2 - prob), model=model
+            )
+        )
+        score = float(rows["score"].mean())
+        task = {"score": score, "stderr": 0.06, "chance": 0.25, "n": 60, "shots": 0, "limit": 60, "fewshot_split": "x"}
+        evals[model] = {
+            "tasks": {"arc_challenge": task},
+            "fidelity": {"kl": kl, "top1_agreement": 0.8, "perplexity": 1.6},
+            "measures": {"gold_nll": {"value": 2 - prob}},
+            "settings": {"lm_eval_version": "0.4.13", "backend": "hf", "dtype": "float32", "batch_size": 8,
+                         "chat_template": False, "seed": 0},
+        }  # fmt: skip
+    folder.mkdir(parents=True)
+    for name, frames in (("samples", samples), ("fidelity", fidelity), ("measures", measures)):
+        pd.concat(frames, ignore_index=True).to_parquet(folder / f"{name}.parquet", index=False)
+    run = {
+        "title": "A synthetic study",
+        "summary": "For the tests.",
+        "command": "dvc exp run -n synthetic",
+        "commit": "0" * 40,
+        "machine": {"cores": 2, "device": "a CPU", "flags": ["avx2"], "ram_gib": 24},
+        "preset": "finetune: {}",
+        "evals": evals,
+        "report": {"baseline": "base", "start": "pruned", "pairs": [["sft", "pruned"]]},
+        "replicates": {"sft": ["sft_seed1"]},
+        "bootstrap": {"iterations": 300, "confidence": 0.95, "seed": 0},
+        "prune": None,
+        "speculate": {},
+        "distilled": {"datasets": {}, "arms": {"sft": {"train_rows": 10, "distilled_rows": 0, "share": 0.0}}},
+        "training": {"sft": {"seed": 0, "steps": 8, "epochs": 1.0, "train_rows": 10, "tokens_seen": 1000,
+                             "val_loss": 2.0, "val_original_loss": 2.0, "wall_seconds": 9.0}},
+        "seconds": {"finetune@sft": 9.0},
+    }  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(run))
 
-    paths, n = params.paths, len(next(iter(scores.values())))
-    for m, s in scores.items():
-        rows = pd.DataFrame({"model": m, "task": "arc_challenge", "subtask": "arc_challenge", "doc_id": range(n)})
-        rows = rows.assign(doc_hash="h", score=s, chance=0.25, target="0", prediction="0")
-        write_parquet(to_frame(rows.to_dict("records"), EVAL_SAMPLES), root / paths.eval_samples_file(m), EVAL_SAMPLES)
-        fid = pd.DataFrame({"prompt_set": "p", "id": [f"q{i}" for i in range(40)], "tokens": 10})
-        fid = fid.assign(kl_sum=kl[m] * 10 * np.linspace(0.5, 1.5, 40), top1_sum=5.0, nll_sum=20.0, ref_nll_sum=20.0)
-        write_parquet(fid, per_prompt_file(root / paths.eval, m), FIDELITY_PER_PROMPT)
-    models = {m: {"average": s.mean(), "average_above_chance": s.mean()} for m, s in scores.items()}
-    write_json(root / paths.metrics_file("report"), {"models": models, "above_chance_tasks": ["arc_challenge"]})
+
+def test_a_study_report_is_rendered_from_its_folder_and_verify_catches_any_change(tmp_path, capsys):
+    folder = tmp_path / "studies" / "synthetic"
+    synthetic_study(folder)
+    study.write_report(folder, folder.with_suffix(".md"))
+    text = folder.with_suffix(".md").read_text()
+    assert text.startswith("# A synthetic study") and "| `sft-pruned` | sft, sft_seed1; pruned |" in text
+    assert (folder / "recovery.svg").is_file() and (folder / "kl.svg").is_file()
+    assert study.main(["verify", str(folder)]) == 0
+    folder.with_suffix(".md").write_text(text.replace("A synthetic study", "A synthetic studie"))
+    assert study.main(["verify", str(folder)]) == 1
+    assert "-# A synthetic studie" in capsys.readouterr().out
+    folder.with_suffix(".md").write_text(text)
+    frame = pd.read_parquet(folder / "samples.parquet")
+    frame.loc[0, "score"] = 1.0 - frame.loc[0, "score"]  # one item of the data changed
+    frame.to_parquet(folder / "samples.parquet", index=False)
+    assert study.main(["verify", str(folder)]) == 1
 
 
-def test_across_runs_pairs_each_model_with_itself_in_the_earlier_run(tmp_path, monkeypatch):
-    from sdd.config import load_params
+STUDIES = sorted((REPO / "reports" / "studies").glob("*.md"))
 
-    from conftest import REPO
 
-    params = load_params(REPO / "params.yaml")
-    arms = {**params.finetune.arms, "sdd_seed1": params.finetune.arms["sdd"].model_copy(update={"seed": 1})}
-    params = params.model_copy(update={"finetune": params.finetune.model_copy(update={"arms": arms})})
-    before = (np.random.default_rng(0).random(200) < 0.4) * 1.0
-    after = before.copy()
-    after[np.flatnonzero(before == 0)[:40]] = 1.0  # 40 of 200 items gained: +0.2, the same in both seeds
-    earlier, now = tmp_path / "earlier", tmp_path / "now"
-    _run_tree(earlier, {"sdd": before, "sdd_seed1": before}, {"sdd": 0.8, "sdd_seed1": 0.8}, params)
-    _run_tree(now, {"sdd": after, "sdd_seed1": after}, {"sdd": 0.6, "sdd_seed1": 0.6}, params)
-    monkeypatch.chdir(now)
-    result = study.across_runs(earlier, ["sdd"], params, read_json(now / params.paths.metrics_file("report")))
-    c = result["sdd (this run) - sdd (earlier)"]
-    assert c["seeds"] == {
-        "a": ["sdd (this run)", "sdd_seed1 (this run)"],
-        "b": ["sdd (earlier)", "sdd_seed1 (earlier)"],
-    }
-    assert c["above_chance"]["difference"] == pytest.approx(0.2) and 0 < c["above_chance"]["ci_low"] < 0.2
-    assert c["fidelity"]["kl"]["difference"] == pytest.approx(-0.2) and c["verdict"]["claim"] == "a > b"
-    assert "| `sdd (this run) - sdd (earlier)` |" in "\n".join(study.comparison_table(result))
+@pytest.mark.parametrize(
+    "report", [p for p in STUDIES if (p.with_suffix("") / "run.json").is_file()], ids=lambda p: p.stem
+)
+def test_every_committed_study_is_what_its_committed_data_gives(report):
+    assert study.main(["verify", str(report.with_suffix(""))]) == 0
+
+
+def test_a_study_without_its_data_says_it_cannot_be_rechecked():
+    assert any((p.with_suffix("") / "run.json").is_file() for p in STUDIES), "no study with committed data"
+    for report in STUDIES:
+        if not (report.with_suffix("") / "run.json").is_file():
+            assert "cannot be recomputed" in report.read_text(), report

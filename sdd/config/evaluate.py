@@ -56,8 +56,8 @@ class MeasuresParams(Section):
 
     plain_tasks: list[str] = ["hellaswag", "winogrande"]  # plain text: the last rows of these tasks' eval split
     plain_rows: int = Field(default=8, ge=0)  # per task (never rows an evaluation task scores)
-    max_tokens: int = Field(default=160, gt=8)  # a longer row is cut
-    batch_size: int = Field(default=4, gt=0)
+    max_tokens: int = Field(default=128, gt=8)  # a longer row is cut
+    batch_size: int = Field(default=8, gt=0)
 
 
 DEMO_MMLU_SUBJECTS = [

@@ -80,12 +80,13 @@ class FinetuneParams(Section):
     lora: LoraParams = LoraParams()
     last_layers: LastLayersParams = LastLayersParams()
     kd: KDParams = KDParams()
+    rendering: Literal["chat", "plain"] = "chat"  # chat template, or plain text (sdd/data/examples.py)
     max_seq_len: int = Field(default=512, gt=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     batching: Literal["padding_free", "padded"] = "padding_free"
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=8, gt=0)
+    max_steps: int | None = Field(default=6, gt=0)
     batch_size: int = Field(default=4, gt=0)
     grad_accum: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)

@@ -21,7 +21,7 @@ class LayerScoresParams(Section):
     metric: Metric = "kl_to_base"
     token: Literal["last", "last_content"] = "last_content"
     datasets: list[str] = Field(default=["gsm8k", "alpaca"], min_length=1)
-    samples: int = Field(default=16, gt=0)
+    samples: int = Field(default=8, gt=0)
     max_length: int = Field(default=384, gt=8)
     batch_size: int = Field(default=4, gt=0)
     seed: int = 0

@@ -56,13 +56,16 @@ def accuracy_table(summary: dict) -> list[str]:
     head += ["recovery above chance (chance-norm.)", "margin"]
     rows = []
     for name, m in models.items():
-        cells = [f"`{name}`"] + [
-            f"{100 * m['tasks'][t]['score']:.1f} ± {100 * m['tasks'][t]['stderr']:.1f}" for t in tasks
-        ]
+        cells = [f"`{name}`"] + [score_cell(m["tasks"][t]) for t in tasks]
         cells += [f"{100 * m['average']:.1f}", pct(m["recovery"]), pct(m["recovery_chance_normalised"])]
         cells += [pct(m.get("recovery_cn_above_chance")), num(m.get("margin"))]
         rows.append(cells)
     return ["## Accuracy", "", *table(head, rows)]
+
+
+def score_cell(task: dict) -> str:
+    """A task's score ± stderr in %."""
+    return f"{100 * task['score']:.1f} ± {100 * task['stderr']:.1f}"
 
 
 def measures_table(summary: dict) -> list[str]:

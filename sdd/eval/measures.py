@@ -171,9 +171,8 @@ def measure(model: Any, reference: Any, rows: list[dict], batch_size: int, pad_i
         nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         plain = [r["kind"] == "plain" for r in part]
         kl = None
-        if any(plain):
-            ref = _log_probs(reference, ids, mask)
-            kl = kl_per_token(ref, logp)  # log-softmax is idempotent: the same as on logits
+        if any(plain):  # the reference itself: KL is 0, no second forward pass
+            kl = torch.zeros_like(nll) if reference is model else kl_per_token(_log_probs(reference, ids, mask), logp)
         for i, r in enumerate(part):
             tokens, where = int(scored[i].sum()), scored[i]
             base = {"set": r["set"], "id": r["id"], "tokens": tokens}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from sdd.errors import InputError
 from sdd.model.pruning import layer_parameters, parameter_count
@@ -81,3 +82,18 @@ def check_fits(need: Mapping[str, int], have: int, what: str, fixes: list[str]) 
         f"{what} needs ~{total / GIB:.1f} GiB per device ({parts}) but the device has {have / GIB:.1f} GiB; "
         + "; ".join(fixes)
     )
+
+
+def check_training(config: Any, arm: str, cfg: Any, method: str, dev: str) -> None:
+    """Fail before loading anything when one training process of `arm` cannot fit on its device."""
+    from sdd.config.finetune import sharded, world_size
+
+    trainable = trainable_estimate(config, method, cfg.lora.rank, cfg.lora.target_modules, cfg.last_layers.n)
+    shards = world_size(cfg) if sharded(cfg) else 1
+    need = training_memory(config, method, trainable, cfg.batch_size * cfg.max_seq_len, shards)
+    fixes = ["lower finetune.batch_size (raise grad_accum to keep the effective batch) or finetune.max_seq_len"]
+    if method == "full" and not sharded(cfg):
+        fixes += ["use finetune.method: lora, or shard it: finetune.accelerate_config: configs/accelerate/fsdp.yaml"]
+    else:
+        fixes += ["use more processes (FSDP shards the weights) or GPUs with more memory"]
+    check_fits(need, device_memory(dev), f"finetune@{arm} ({method}, {dev})", fixes)

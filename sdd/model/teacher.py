@@ -215,9 +215,12 @@ def _load_shard(path: Path, rows: int, manifest: dict, fix: str) -> dict[str, to
     return shard
 
 
-def build(rows: list[dict], model_dir: Path, cfg: Any, out: Path, scratch: Path, device: str, source: dict) -> dict:
+def build(
+    rows: list[dict], model_dir: Path, cfg: Any, out: Path, scratch: Path, device: str, source: dict, rendering: str
+) -> dict:
     """Compute a dataset's teacher logits into `out` (resumable per shard under `scratch`); returns
-    the stage's metrics. `cfg` is the `teacher_logits` section; `source` names the dataset and kind."""
+    the stage's metrics. `cfg` is the `teacher_logits` section; `source` names the dataset and kind;
+    `rendering` is finetune's (the teacher sees the text the student trains on)."""
     import shutil
     import time
 
@@ -227,10 +230,11 @@ def build(rows: list[dict], model_dir: Path, cfg: Any, out: Path, scratch: Path,
     from sdd.model.checkpoint import load_model
 
     model, tok = load_model(model_dir, cfg.dtype, device)
-    examples = encode_rows(rows, tok, max_seq_len=1 << 30, overlong="truncate")[0]  # every response token
+    examples = encode_rows(rows, tok, max_seq_len=1 << 30, overlong="truncate", rendering=rendering)[0]  # every token
     model_digest = tree_digest(model_dir)
     texts = [[r["id"], r["instruction"], r["context"], r["response"]] for r in rows]
-    key = fingerprint({"format": FORMAT, "model": model_digest, "rows": texts, "settings": cfg.model_dump()})
+    settings = {**cfg.model_dump(), "rendering": rendering}
+    key = fingerprint({"format": FORMAT, "model": model_digest, "rows": texts, "settings": settings})
     work = keyed_dir(scratch, key)
     shards: list[dict[str, Any]] = []
     reused, seconds, forward_tokens = 0, 0.0, 0
@@ -255,6 +259,7 @@ def build(rows: list[dict], model_dir: Path, cfg: Any, out: Path, scratch: Path,
         **source,
         "top_k": cfg.top_k,
         "dtype": cfg.dtype,
+        "rendering": rendering,
         "vocab_size": int(model.config.vocab_size),
         "model_digest": model_digest,
         "rows": len(examples),

@@ -1,30 +1,25 @@
-"""Recovery fine-tuning core: chat-rendered examples with the loss on response tokens only, a
-validation split shared by every arm, collators, the transformers `Trainer` + peft set-up, and the
-`kd` objective (teacher top-k log-probabilities attached to each example, `DistillationTrainer`).
+"""The transformers `Trainer` set-up of recovery fine-tuning: TrainingArguments from params, the
+method's trainable weights (LoRA, full, last layers), batches (padding-free or padded) and the
+examples as a dataset. The loop is transformers' `Trainer`; nothing here touches an artifact path.
 
     from sdd.model import training as ft
     args = ft.training_arguments(params.finetune, output_dir, "cpu")
     model = ft.apply_method(model, params.finetune, "lora")
 
-(Encoding rows into examples and the held-out split: sdd/data/examples.py.)
-
-The stage (`stages/finetune.py`) reads files and writes the checkpoint; nothing here touches an
-artifact path. The training loop is transformers' `Trainer` (no hand-written loop).
+Elsewhere: encoding rows and the held-out split (sdd/data/examples.py), the `kd` objective
+(sdd/model/kd.py), checkpoints and loss curves (sdd/model/progress.py), the steps of one arm's
+run (sdd/model/recipe.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
 
-from sdd.config.finetune import FinetuneParams, KDParams
+from sdd.config.finetune import FinetuneParams
 from sdd.data.examples import IGNORE
 from sdd.errors import InputError
 
@@ -167,7 +162,7 @@ def trainable_summary(model: Any) -> dict:
     }
 
 
-TEACHER_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_rest")
+TEACHER_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_rest")  # what a `kd` example carries (sdd/model/kd.py)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -183,171 +178,3 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {k: v for k, v in self.examples[i].items() if k in self.KEYS}
-
-
-def attach_teacher(examples: list[dict], lookup: Any) -> list[dict]:
-    """Each example with its teacher's top-k at its (possibly truncated) response tokens.
-
-    `lookup(example)` returns the teacher row (sdd.model.teacher.Row) of that example. The teacher's
-    stored tokens must equal the example's response tokens: otherwise the text or the tokenizer
-    changed after the teacher logits were computed, and distilling would misalign every position."""
-    out = []
-    for ex in examples:
-        tokens = [t for t in ex["labels"][1:] if t != IGNORE]
-        row = lookup(ex)
-        if row.tokens[: len(tokens)].tolist() != tokens:
-            raise InputError(
-                f"teacher logits for row {ex['id']!r} were computed on other tokens than the training text "
-                f"(data or tokenizer changed since); re-run `dvc repro` so the teacher_logits stages recompute"
-            )
-        m = len(tokens)
-        out.append(
-            {
-                **ex,
-                "teacher_ids": row.topk_ids[:m],
-                "teacher_logprobs": row.topk_logprobs[:m],
-                "teacher_rest": row.rest_logmass[:m],
-            }
-        )
-    return out
-
-
-class WithTeacher:
-    """Wraps a collator: the teacher tensors of the batch's examples are concatenated in example
-    order, which is the row-major order of the batch's response positions (padded or flattened)."""
-
-    def __init__(self, base: Any):
-        self.base = base
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.base([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        for key in TEACHER_KEYS:
-            batch[key] = torch.cat([f[key] for f in features])
-        return batch
-
-
-class DistillationTrainer(Trainer):
-    """`Trainer` whose loss is `topk_kd_loss` on response tokens against precomputed teacher top-k.
-
-    TRL's GKD/distillation trainers run the teacher model during training; here the teacher's
-    log-probabilities are a cached artifact, so only the loss differs from the SFT arms (same
-    optimizer, schedule, batching, checkpoints). Normalised like transformers' causal-LM loss: the
-    sum over tokens divided by the tokens of the whole accumulated batch when the Trainer gives it."""
-
-    def __init__(self, *args: Any, kd: KDParams, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.kd = kd
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from sdd.model.logits import topk_kd_loss
-
-        teacher_ids, teacher_logprobs, teacher_rest = (inputs.pop(key) for key in TEACHER_KEYS)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        targets = labels[:, 1:]
-        mask = targets != IGNORE
-        if int(mask.sum()) != teacher_ids.shape[0]:
-            raise RuntimeError(
-                f"{int(mask.sum())} response tokens in the batch but {teacher_ids.shape[0]} teacher rows"
-            )
-        per_token = topk_kd_loss(
-            outputs.logits[:, :-1][mask],
-            targets[mask],
-            teacher_ids,
-            teacher_logprobs,
-            teacher_rest,
-            self.kd.alpha,
-            self.kd.temperature,
-        )
-        if num_items_in_batch is not None:
-            loss = per_token.sum() / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
-        else:
-            loss = per_token.mean()
-        return (loss, outputs) if return_outputs else loss
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest Trainer checkpoint that was fully written and is not the run's last step.
-
-    The Trainer writes trainer_state.json last, so a run killed while saving leaves a folder
-    without a readable one: skip it. A checkpoint at the final step (saved when save_steps divides
-    max_steps) is skipped too: transformers resumes from it by training one step past the end, so
-    the run resumes from the one before and repeats those steps exactly."""
-    found = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
-    for checkpoint in found:
-        try:
-            state = json.loads((checkpoint / "trainer_state.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            log.warning("skipping incomplete checkpoint %s (interrupted while saving)", checkpoint)
-            continue
-        if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
-            log.info("skipping %s: it is the last step of its run; resuming from an earlier one", checkpoint)
-            continue
-        return str(checkpoint)
-    return None
-
-
-def checkpoint_step(checkpoint: str | None) -> int | None:
-    """The optimizer step of a Trainer checkpoint folder (`.../checkpoint-<step>`)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else None
-
-
-def tokens_at(checkpoint: str | None) -> int:
-    """Input tokens the run had seen when `checkpoint` was saved (0 without one): a resumed run's
-    throughput counts only the tokens it trained on itself."""
-    if not checkpoint:
-        return 0
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0))
-
-
-# Trainer log key -> dvclive curve name (files plots/metrics/<name>.tsv).
-CURVES = {"loss": "train/loss", "eval_val_loss": "val/loss", "eval_val_original_loss": "val_original/loss"}
-
-
-class StepTimer(TrainerCallback):
-    """Seconds spent inside optimizer steps (forward, backward, update); the rest of `train()` is
-    validation, checkpoints, logging and data loading."""
-
-    def __init__(self) -> None:
-        self.seconds, self._start = 0.0, 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds += time.perf_counter() - self._start
-
-
-class LossCurves(TrainerCallback):
-    """dvclive loss curves indexed by optimizer step. (transformers' own DVCLiveCallback advances
-    the dvclive step on every log call, so one step's train and validation losses land on
-    different x values.) On resume, points logged after the checkpoint are dropped first."""
-
-    def __init__(self, folder: Path, resume_step: int | None):
-        from dvclive import Live
-
-        if resume_step is not None:
-            for tsv in Path(folder, "plots", "metrics").rglob("*.tsv"):
-                lines = tsv.read_text().splitlines()
-                kept = lines[:1] + [
-                    ln for ln in lines[1:] if int(ln.split("\t")[lines[0].split("\t").index("step")]) <= resume_step
-                ]
-                tsv.write_text("\n".join(kept) + "\n")
-        self.live = Live(dir=str(folder), resume=resume_step is not None, save_dvc_exp=False, dvcyaml=None, report=None)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logged = {name: logs[key] for key, name in CURVES.items() if key in (logs or {})}
-        if logged:
-            self.live.step = state.global_step
-            for name, value in logged.items():
-                self.live.log_metric(name, value)
-
-    def finish(self) -> None:
-        self.live.end()
-
-
-def last_logged(history: list[dict], key: str) -> float | None:
-    values = [h[key] for h in history if key in h]
-    return round(values[-1], 4) if values else None
