@@ -46,15 +46,29 @@ def file_digest(paths: Iterable[str | os.PathLike]) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(directory: str | os.PathLike) -> str:
-    """sha256 (hex) over every file of a directory (relative names and bytes): the key of what was
-    computed from a model, so a piece is reused only for the very same weights and tokenizer."""
+def tree_digest(directory: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """sha256 (hex) over every file of a directory (relative names and their sha256): the key of what
+    was computed from a model, so a piece is reused only for the very same weights and tokenizer.
+
+    With `cache` (a folder, e.g. paths.scratch), the folder's manifest is kept there between runs and a
+    file whose size and mtime are unchanged is not read again (`tree_manifest`): an unchanged multi-GB
+    model costs a `stat` per file instead of reading every byte on each distill/evaluate run."""
     directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        _update(digest, path)
-    return digest.hexdigest()
+    store = None
+    if cache is not None:
+        name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+        store = Path(cache) / "digests" / f"{name}.json"
+    previous = None
+    if store is not None and store.is_file():
+        try:
+            previous = json.loads(store.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None  # a damaged cache is only a slower digest
+    manifest = tree_manifest(directory, previous)
+    if store is not None and manifest != previous:
+        with atomic_path(store) as tmp:
+            tmp.write_text(json.dumps(manifest), encoding="utf-8")
+    return fingerprint([(e["path"], e["sha256"]) for e in manifest], length=64)
 
 
 class PieceStore:

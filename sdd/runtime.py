@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sdd.errors import InputError
@@ -72,12 +73,21 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
     """Run a stage's main(). An InputError (bad params, data or model) is printed plainly and exits
-    2; any other exception is a bug and propagates with its traceback."""
+    2; Ctrl-C (SIGINT) stops it like a kill, with a line saying the re-run resumes, and exits 130
+    (outputs are written atomically at the end, so none is half-written); any other exception is a
+    bug and propagates with its traceback."""
     setup_logging()
     try:
         main(sys.argv[1:])
     except InputError as err:
         log.error("%s", err)
         sys.exit(2)
+    except KeyboardInterrupt:
+        stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+        log.error("%s interrupted; no output was written. Run it again to resume from its last checkpoint", stage)
+        sys.exit(INTERRUPTED)

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         prompts, budgets, fits = encode_prompts(tokenizer, rows, template, cfg)
-        key = run_key(tree_digest(model_dir), rows, template, cfg)
+        key = run_key(tree_digest(model_dir, paths.scratch), rows, template, cfg)
         store = PieceStore(Path(paths.scratch) / "distill" / name, key)
         run = rewrites(cfg, model_dir, prompts, [r["id"] for r in rows], fits, store, budgets, argv)
         if run is None:  # a data-parallel worker: its share of the chunks is in the store

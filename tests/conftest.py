@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,17 @@ def run_dvc(repo: Path, *args: str, env: dict | None = None, check: bool = True)
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def interrupt(proc: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout: float = 300) -> None:
+    """Send `sig` to `proc`'s process group as soon as `ready()` holds (polled), and check the stage
+    was stopped by it rather than finishing first. `proc` must be started with start_new_session=True.
+    SIGKILL is a crash or an OOM kill; SIGINT is Ctrl-C (the stage exits with 130)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the stage finished before it could be interrupted; make it slower"
+    os.killpg(proc.pid, sig)
+    proc.communicate()
+    expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
+    assert proc.returncode == expected, f"the stage ended with {proc.returncode} after {signal.Signals(sig).name}"

@@ -4,15 +4,25 @@ names and first rows, the likely cause and its fix) or on the quarantined row an
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import hashlib
 import io
 import json
+import lzma
+import os
+import random
+import re
+import subprocess
+import sys
 import zipfile
 
 import pandas as pd
 import pytest
 import yaml
 
+from sdd.config.datasets import DatasetParams
+from sdd.data import sources
 from stages import prepare
 
 from conftest import REPO
@@ -305,3 +315,175 @@ def test_source_outside_the_project_is_refused(project, tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     prepare.main(["local"])
     assert len(pd.read_parquet(root / "data/prepared/local.parquet")) == 3
+
+
+# --- 9. JSON nested deeper than the readers recurse ----------------------------------------------
+
+
+def gsm8k_lines(n: int) -> list[str]:
+    return [json.dumps({"question": f"Q{i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) for i in range(n)]
+
+
+def test_deeply_nested_row_is_quarantined_by_the_stage_process(project):
+    """An ignored field nested 100,000 levels used to end `prepare` with a RecursionError traceback."""
+    deep = '{"question": "Q?", "answer": "2 + 2 = 4\\n#### 4", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deepest_kept = '{"question": "R?", "answer": "3 + 3 = 6\\n#### 6", "x": ' + "[" * 99 + "]" * 99 + "}"  # 100 levels
+    root = project("rows.jsonl", "\n".join([*gsm8k_lines(8), deep, deepest_kept, ""]).encode(), format="gsm8k")
+    env = {k: v for k, v in os.environ.items() if k != "SDD_DATA_MIRROR"} | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.prepare", "local"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert rejected(root) == [(8, "JSON nested deeper than 100 levels: line 9")]
+    raw = pd.read_parquet(root / "data/prepared/local.rejected.parquet")["raw"][0]
+    assert raw == deep[:2000]  # the quarantine keeps the row's first 2,000 characters, as text
+    prepared = pd.read_parquet(root / "data/prepared/local.parquet")
+    assert list(prepared["answer"]) == [str(i + 1) for i in range(8)] + ["6"]
+
+
+def test_deeply_nested_json_array_is_refused(project):
+    deep = {"instruction": "Deep.", "input": "", "output": "x", "x": []}
+    text = json.dumps([*alpaca_rows(3), deep]).replace("[]", "[" * 5_000 + "]" * 5_000)
+    root = project("rows.json", text.encode())
+    assert failure() == (
+        f"{root / 'rows.json'} has a row nested deeper than 100 levels of JSON arrays and objects: flatten or remove "
+        "the deep field, or write the rows as JSON lines (.jsonl), where such a row is set aside and the others are kept"
+    )
+
+
+# --- 10. final answers are kept exactly, never through floating point ----------------------------
+
+
+def test_gsm8k_answers_are_kept_exactly(project):
+    long = "1234567890" * 40  # 400 digits: it became 10^400 through a 28-digit normalisation
+    answers = [long, "9,007,199,254,740,993", "12345678901234567890.50", "1.5/2", "0.50", "-6/8"]
+    rows = [{"question": f"Q{i}?", "answer": f"Work.\n#### {a}"} for i, a in enumerate(answers)]
+    rows.append({"question": "Huge?", "answer": "Work.\n#### 1/" + "3" * 5_000})
+    root = project("rows.jsonl", rows, format="gsm8k")
+    prepare.main(["local"])
+    assert list(pd.read_parquet(root / "data/prepared/local.parquet")["answer"]) == [
+        long,
+        "9007199254740993",
+        "12345678901234567890.5",
+        "3/4",
+        "0.5",
+        "-3/4",
+    ]
+    assert rejected(root) == [
+        (
+            6,
+            "invalid: field 'answer' has a final answer that cannot be kept exactly "
+            "(the fraction has 5001 digits; at most 4300 can be reduced exactly)",
+        )
+    ]
+
+
+def test_openmath_json_numbers_are_kept_as_written(project):
+    solution = '"question": "Q?", "generated_solution": "\\\\boxed{x}"'
+    lines = [
+        '{"question": "A?", "generated_solution": "\\\\boxed{2.5}", "expected_answer": 2.50}',
+        '{"question": "B?", "generated_solution": "\\\\boxed{x}", "expected_answer": 12345678901234567890.5}',
+        '{"question": "C?", "generated_solution": "\\\\boxed{y}", "expected_answer": 1e400}',
+        '{"question": "D?", "generated_solution": "\\\\boxed{z}", "expected_answer": 123456789012345678901234567890}',
+        "{" + solution + ', "expected_answer": ' + "7" * 5_000 + "}",
+    ]
+    root = project("rows.jsonl", "\n".join(lines).encode(), format="openmath", prepare={"max_rejected_fraction": 0.25})
+    prepare.main(["local"])
+    prepared = pd.read_parquet(root / "data/prepared/local.parquet")
+    assert list(prepared["answer"]) == ["2.5", "12345678901234567890.5", "1e400", "123456789012345678901234567890"]
+    assert rejected(root) == [(4, "number too long: JSON integer with more than 4300 digits: line 5")]
+
+
+# --- 11. compressed local files ------------------------------------------------------------------
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+JSONL = "".join(json.dumps(r) + "\n" for r in alpaca_rows(3)).encode()
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        ("rows.jsonl.gz", gzip.compress(JSONL)),
+        ("rows.jsonl.bz2", bz2.compress(JSONL)),
+        ("rows.jsonl.xz", lzma.compress(JSONL)),
+        ("rows.json.gz", gzip.compress(json.dumps(alpaca_rows(3)).encode())),
+        ("rows.csv.gz", gzip.compress(b"instruction,input,output\nSay 0.,,0\nSay 1.,,1\nSay 2.,,2\n")),
+        ("rows.parquet.gz", gzip.compress(parquet_bytes(alpaca_rows(3)))),
+    ],
+    ids=["jsonl.gz", "jsonl.bz2", "jsonl.xz", "json.gz", "csv.gz", "parquet.gz"],
+)
+def test_compressed_local_files_are_read(project, filename, data):
+    root = project(filename, data)
+    assert DatasetParams(source=str(root / filename), format="alpaca").is_local
+    prepare.main(["local"])
+    assert list(pd.read_parquet(root / "data/prepared/local.parquet")["instruction"]) == ["Say 0.", "Say 1.", "Say 2."]
+    ds = DatasetParams(source=str(root / filename), format="alpaca")
+    assert sources.fingerprint(ds, None)["sha256"] == hashlib.sha256(data).hexdigest()  # the file's own bytes
+
+
+def test_compressed_file_rejections_diagnose_the_unpacked_bytes(project):
+    root = project("rows.jsonl.gz", gzip.compress(b"Name a colour.\nBlue.\nAdd 2 and 3.\nFive.\n"))
+    msg = failure()
+    assert f"4 of 4 rows rejected (100.0% > prepare.max_rejected_fraction=0.2) reading {root / 'rows.jsonl.gz'}" in msg
+    assert "(4 rows; first at line 1, 2, 3)" in msg
+    assert "Likely cause: rows.jsonl.gz (unpacked) is plain text, not JSON (it starts with 'Name a colour.')" in msg
+
+
+def test_zip_compressed_file_is_refused_with_how_to_unpack_it(project):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("rows.jsonl", JSONL)
+    root = project("rows.jsonl.zip", buffer.getvalue())
+    assert failure() == (
+        f"{root / 'rows.jsonl.zip'}: zip-compressed input is not supported (gzip, bzip2 and xz are: .gz, .bz2, .xz). "
+        "Unpack it (`unzip -p rows.jsonl.zip > rows.jsonl`) and point `source` at the unpacked .jsonl file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [(JSONL, "BadGzipFile: Not a gzipped file (b'{\"')"), (gzip.compress(JSONL)[:-12], "EOFError: ")],
+    ids=["not-gzip", "cut-short"],
+)
+def test_compressed_file_that_cannot_be_unpacked(project, data, error):
+    root = project("rows.jsonl.gz", data)
+    msg = failure()
+    assert msg.startswith(f"{root / 'rows.jsonl.gz'} cannot be unpacked as gzip ({error}")
+    assert msg.endswith(
+        "): if it is cut short, copy or download it again; if it is not gzip-compressed, rename it to rows.jsonl "
+        "(and `source` with it)"
+    )
+
+
+# --- 12. binary files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "read_error"),
+    [
+        ("rows.jsonl", "rows rejected"),
+        ("rows.json", "rows.json is not a valid UTF-8 JSON file ("),
+        ("rows.csv", "rows.csv is not a readable UTF-8 CSV file ("),
+    ],
+)
+def test_binary_file_is_diagnosed_as_binary(project, filename, read_error):
+    data = random.Random(0).randbytes(4096)  # what os.urandom gives, reproducibly
+    project(filename, data)
+    msg = failure()
+    assert read_error in msg
+    suffix = filename[4:]
+    cause = (
+        rf"Likely cause: {re.escape(filename)} is binary data, not text \(\d+% of its first 4096 bytes are control "
+        rf"characters or not UTF-8; it starts with bytes {data[:8].hex(' ')}\), so it is not \{suffix} data, which "
+        rf"is UTF-8 text: point `source` at the \{suffix} file, or export the rows from the program that wrote this "
+        r"file as JSON lines \(\.jsonl\) or CSV"
+    )
+    assert re.search(cause, msg), msg
+    assert "plain text" not in msg

@@ -24,7 +24,7 @@ from sdd.data.schemas import DISTILLED, PREPARED
 from sdd.generate import parallel
 from sdd.generate.engines import seeded_sampling_settings
 
-from conftest import REPO, build_llama, build_tokenizer
+from conftest import REPO, build_llama, build_tokenizer, interrupt
 
 GSM8K = [
     (
@@ -344,20 +344,17 @@ def test_sampled_vllm_candidates_survive_split_prompts_and_reproduce(tmp_path, d
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model):
-    """Kill the stage (SIGKILL) once some chunks are on disk; the re-run keeps them untouched."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model, sig):
+    """Kill the stage (SIGKILL) or press Ctrl-C (SIGINT) once some chunks are on disk; the re-run keeps
+    them untouched and ends where an uninterrupted run does."""
     big = {"sampling": {"max_tokens": 32}, "chunk_size": 2, "hf_batch_size": 2}
     reference = make_workdir(tmp_path / "ref", distill_model, copies=4, **big)
     run_ok(reference, "gsm8k")
     work = make_workdir(tmp_path / "killed", distill_model, copies=4, **big)
     chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
     proc = run_stage(work, "gsm8k", start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(list(chunks.glob("*/chunk-*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; make it slower"
+    interrupt(proc, lambda: len(list(chunks.glob("*/chunk-*.json"))) >= 2, sig)
     done = {p: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json")}
     assert 2 <= len(done) < 6
     assert not (work / "data" / "distilled" / "gsm8k.parquet").exists()

@@ -3,13 +3,14 @@ writes (all six tasks, hub schema); fidelity metrics on identical and perturbed 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,7 @@ from sdd.artifacts import to_frame
 from sdd.eval.fidelity import compare, pad_id, reference_sequences, reference_table, render_prompts, stored_batches
 from sdd.eval.per_prompt import FIDELITY_PER_PROMPT
 
-from conftest import REPO, build_llama, build_tokenizer, copy_repo, run_dvc, save_tiny
+from conftest import REPO, build_llama, build_tokenizer, copy_repo, interrupt, run_dvc, save_tiny
 
 ROWS = {
     "allenai/ai2_arc/ARC-Challenge/test.jsonl": [
@@ -87,9 +88,18 @@ LIMIT = 2
 
 
 def write_mirror(root: Path) -> Path:
+    """The mirror the tasks read, and the prepared datasets whose validation rows the gold NLL scores."""
     for rel, rows in ROWS.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from sdd.artifacts import write_parquet
+    from sdd.data.schemas import PREPARED
+
+    for ds in ("gsm8k", "alpaca"):
+        row = {"dataset": ds, "context": "", "answer": None}
+        ids = [hashlib.sha256(f"{ds}{i}".encode()).hexdigest()[:16] for i in range(12)]
+        rows = [{**row, "id": ids[i], "instruction": f"Count to {i}.", "response": f"{i}."} for i in range(12)]
+        write_parquet(to_frame(rows, PREPARED), root.parent / "data" / "prepared" / f"{ds}.parquet", PREPARED)
     return root
 
 
@@ -123,8 +133,10 @@ def params(models: dict, compare: list) -> dict:
                 "max_new_tokens": 8,
                 "batch_size": 2,
             },
+            "measures": {"plain_tasks": ["hellaswag", "winogrande"], "plain_rows": 1, "max_tokens": 64},
         },
-        "report": {"baseline": "base", "compare": compare, "bootstrap": 200},
+        "report": {"baseline": "base", "start": "pruned" if "pruned" in models else "base", "compare": compare}
+        | {"bootstrap": 200},
     }
 
 
@@ -278,9 +290,11 @@ def evaluate_workdir(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
-    """SIGKILL evaluate@base once some tasks are checkpointed: no output is left for a later stage,
-    and the re-run reads those tasks back (untouched) and ends with the uninterrupted run's result."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path, sig):
+    """Kill (SIGKILL) or Ctrl-C (SIGINT) evaluate@base once some tasks are checkpointed: no output is
+    left for a later stage, and the re-run reads those tasks back (untouched) and ends with the
+    uninterrupted run's result."""
     reference = evaluate_workdir(tmp_path / "ref")
     run_stage(reference, "stages.fidelity_reference")
     run_stage(reference, "stages.evaluate", "base")
@@ -291,16 +305,11 @@ def test_evaluate_resumes_after_kill_with_the_tasks_it_finished(tmp_path):
         [sys.executable, "-m", "stages.evaluate", "base"],
         cwd=work,
         env=stage_env(work),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while len(list(checkpoints.glob("*/*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "evaluate finished before it could be killed; make it slower"
+    interrupt(proc, lambda: len(list(checkpoints.glob("*/*.json"))) >= 2, sig)
     done = {p: p.stat().st_mtime_ns for p in checkpoints.glob("*/*.json")}
     assert 2 <= len(done) < 6
     assert not (work / "metrics/evaluate/base.json").exists() and not (work / "data/eval/base.parquet").exists()
@@ -452,3 +461,57 @@ def test_sweep_plots_draw_one_point_per_experiment_and_model(tmp_path):
             ("workspace", "sft"): (17.0, expected[3]),
         }
         assert plot["content"]["encoding"]["x"]["field"] == "flops_reduction_pct"
+
+
+def _answered(db: Path) -> int:
+    """Requests lm-eval's cache holds (SqliteDict's table), 0 while the file is missing or busy."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as con:
+            return int(con.execute("SELECT count(*) FROM unnamed").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_task_killed_halfway_resumes_from_the_requests_it_had_answered(tmp_path):
+    """MMLU's subjects are one checkpoint piece; killed inside it, the re-run answers the requests it
+    had answered from lm-eval's request cache (in the piece's folder) and ends where an uninterrupted
+    run does."""
+
+    def workdir(root: Path) -> Path:
+        evaluate_workdir(root)
+        rows = [
+            {"question": f"Q{i}: " + "why " * 30, "subject": "anatomy", "choices": ["a", "b", "c", "d"]}
+            for i in range(100)
+        ]
+        (root / "mirror/cais/mmlu/all/test.jsonl").write_text(
+            "".join(json.dumps({**r, "answer": i % 4}) + "\n" for i, r in enumerate(rows))
+        )
+        cfg = yaml.safe_load((root / "params.yaml").read_text())
+        cfg["evaluate"]["tasks"] = {"mmlu": {"shots": 0, "limit": 100, "subjects": ["anatomy"]}}
+        cfg["evaluate"]["measures"]["plain_tasks"] = []
+        (root / "params.yaml").write_text(yaml.safe_dump(cfg))
+        run_stage(root, "stages.fidelity_reference")
+        return root
+
+    reference = workdir(tmp_path / "ref")
+    run_stage(reference, "stages.evaluate", "base")
+    work = workdir(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "stages.evaluate", "base"]
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=stage_env(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    dbs = lambda: list((work / ".sdd-scratch/evaluate/base").glob("*/mmlu.requests*.db"))  # noqa: E731
+    interrupt(proc, lambda: any(_answered(db) >= 60 for db in dbs()))
+    answered = max(_answered(db) for db in dbs())
+    assert 60 <= answered < 400  # 100 items x 4 choices, killed inside the task
+    rerun = subprocess.run(cmd, cwd=work, env=stage_env(work), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    cached, remaining = map(int, re.search(r"Cached requests: (\d+), Requests remaining: (\d+)", rerun.stderr).groups())
+    assert cached >= answered and cached + remaining == 400
+    assert not dbs()  # the finished piece holds every answer: the request cache is gone
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(work / "data/eval/base.parquet"), pd.read_parquet(reference / "data/eval/base.parquet")
+    )

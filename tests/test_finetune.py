@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from sdd.model import training as ft
 from sdd.presets import apply_preset
 from stages import finetune as stage
 
-from conftest import REPO, save_tiny
+from conftest import REPO, interrupt, save_tiny
 
 QUESTIONS = [
     "How many clips did Natalia sell altogether in April and May?",
@@ -393,20 +392,13 @@ def test_a_missing_accelerate_config_is_named(project):
 
 
 @pytest.mark.slow
-def test_resume_after_kill(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_kill(tmp_path, sig):
     make_project(tmp_path, max_steps=120, save_steps=4, eval_steps=1000, batch_size=2)
     checkpoints = tmp_path / ".sdd-scratch/finetune/sft/checkpoints"
     proc = run_stage(tmp_path, "sft", start_new_session=True)
-    deadline = time.time() + 300
-    while (
-        not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file()
-        and time.time() < deadline
-        and proc.poll() is None
-    ):
-        time.sleep(0.02)  # kill right after the first checkpoint: the rest of the run is the window
-    assert proc.poll() is None, "training ended before it could be killed; raise max_steps"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # interrupted right after the first checkpoint: the rest of the run is the window
+    interrupt(proc, lambda: (checkpoints / "checkpoint-4" / "trainer_state.json").is_file(), sig)
     assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"
     assert not (tmp_path / "metrics/finetune/sft.json").exists()
     # a half-written checkpoint is skipped

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from sdd.model.logits import kl_per_token, topk_kd_loss
 from sdd.model.recipe import dataset_rows, read_arm
 from stages import finetune, teacher_logits
 
-from conftest import save_tiny
+from conftest import interrupt, save_tiny
 
 
 def kd_project(root: Path, **finetune_params) -> Path:
@@ -204,12 +201,8 @@ def test_killed_kd_run_resumes_to_the_uninterrupted_result(tmp_path):
         if name == "killed":
             checkpoints = root / ".sdd-scratch/finetune/kd/checkpoints"
             proc = run_stage(root, "kd", start_new_session=True)
-            deadline = time.time() + 300
-            while not (checkpoints / "checkpoint-4/trainer_state.json").is_file() and time.time() < deadline:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.02)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            first = checkpoints / "checkpoint-4/trainer_state.json"
+            interrupt(proc, first.is_file)
             assert not (root / "metrics/finetune/kd.json").exists(), "the run ended before it was killed"
         proc = run_stage(root, "kd")
         out, _ = proc.communicate(timeout=600)

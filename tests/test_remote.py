@@ -1,10 +1,13 @@
 """Sharing artifacts through DVC remotes: a real S3-compatible server (moto) on loopback and a
-local-directory remote. Push after `dvc repro`, clone fresh, pull, compare bytes, nothing to redo."""
+local-directory remote. Push after `dvc repro`, clone fresh, pull, compare bytes, nothing to redo;
+the whole DAG and a named experiment make the round trip a team makes (S3 remote + a shared git repo)."""
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -119,14 +122,172 @@ def share_and_pull(repo: Path, tmp_path: Path, env: dict) -> tuple[Path, str]:
     return clone, "".join(p.stdout + p.stderr for p in (pushed, pulled, status, again))
 
 
-def test_s3_remote_push_clone_pull(tmp_path, tiny_model_dir, mirror, s3_server):
-    repo = built_repo(tmp_path, tiny_model_dir, mirror)
+# The settings of test_pipeline_e2e's whole-DAG run: a tiny random model, hf generation, 2 training
+# steps, 2 items per task.
+PIPELINE_ENV = {"SDD_DATA_MIRROR": "", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+EXPERIMENT = "bootstrap150"
+ALWAYS = {"sources"}  # always_changed: hashes the outside inputs on every repro
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def small_dag_repo(tmp_path: Path, mirror: Path) -> Path:
+    """A committed repo copy whose params run every stage of dvc.yaml in a few minutes on 2 cores."""
+    from conftest import build_llama, build_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    tok = build_tokenizer()
+    build_llama(tok, num_layers=6, seed=0, hidden=256).save_pretrained(model_dir)  # head_dim 64 for vLLM on CPU
+    tok.save_pretrained(model_dir)
+    repo = copy_repo(tmp_path / "work")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_model"] = {**params["base_model"], "source": str(model_dir), "dtype": "float32"}
+    params["data_mirror"] = str(mirror)  # read only: both clones fingerprint the same files
+    for ds in params["datasets"].values():
+        ds["limit"] = 12
+    params["layer_scores"].update(samples=4, max_n=2, kl_n_layers=[2], shortlist=2, dtype="float32")
+    params["prune"]["n_layers"] = 2
+    engine = {"dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": 0.05, "enforce_eager": True}
+    params["distill"].update(
+        engine="hf", hf_batch_size=12, sampling={**params["distill"]["sampling"], "max_tokens": 16}
+    )
+    params["distill"]["engine_args"].update(engine)
+    params["finetune"].update(max_steps=2, batch_size=4, eval_steps=2, save_steps=2, precision="fp32")
+    params["evaluate"].update(
+        tasks={"arc_challenge": {"shots": 0, "limit": 2}, "winogrande": {"shots": 0, "limit": 2}}, dtype="float32"
+    )
+    params["evaluate"]["fidelity"].update(max_new_tokens=4)
+    for prompts in params["evaluate"]["fidelity"]["prompts"].values():
+        prompts["limit"] = 2
+    params["report"]["bootstrap"] = 100
+    params["speculate"].update(
+        drafts={"pruned": "pruned"}, prompts={"datasets": ["gsm8k"], "per_dataset": 1, "max_tokens": 8}
+    )
+    params["speculate"]["engine_args"].update(engine, max_model_len=512)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "add", "-A")  # dvclive reads the git HEAD: not an empty repo
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
+def workspace(root: Path) -> dict[str, bytes]:
+    """Every file of the pipeline's folders (artifacts, metrics, reports, dvc.lock), by relative path."""
+    files = {"dvc.lock": (root / "dvc.lock").read_bytes(), "params.yaml": (root / "params.yaml").read_bytes()}
+    for folder in ("data", "metrics", "reports"):
+        for path in sorted(p for p in (root / folder).rglob("*") if p.is_file()):
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+    return files
+
+
+def assert_same_workspace(a: Path, b: Path) -> None:
+    left, right = workspace(a), workspace(b)
+    assert sorted(left) == sorted(right), (
+        f"only in {a.name}: {sorted(set(left) - set(right))}; only in {b.name}: {sorted(set(right) - set(left))}"
+    )
+    assert [k for k in left if left[k] != right[k]] == [], "files whose bytes differ"
+
+
+def assert_nothing_to_do(repo: Path, env: dict) -> None:
+    """`dvc status` lists only the always-run stage (DVC reports it as "always changed" forever)."""
+    status = json.loads(run_dvc(repo, "status", "--json", env=env).stdout or "{}")
+    assert set(status) <= ALWAYS and all(v == ["always changed"] for v in status.values()), status
+    git_status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert git_status == "", git_status
+
+
+def find_experiment(shown, name: str) -> dict:
+    """The entry of `dvc exp show --json` output named `name` (a nested list of dicts)."""
+    if isinstance(shown, dict):
+        if shown.get("name") == name and isinstance(shown.get("data"), dict):
+            return shown
+        children = shown.values()
+    elif isinstance(shown, list):
+        children = shown
+    else:
+        return {}
+    for child in children:
+        found = find_experiment(child, name)
+        if found:
+            return found
+    return {}
+
+
+def test_team_shares_whole_dag_and_experiment_through_s3(tmp_path, mirror, s3_server):
+    """One teammate reproduces the whole DAG and pushes (DVC cache to S3, commits to a shared git repo);
+    a second clones, pulls and has nothing to recompute; an experiment travels the same way."""
+    env = {**S3_ENV, **PIPELINE_ENV}
+    repo = small_dag_repo(tmp_path, mirror)
+    shared = tmp_path / "shared.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(shared)], check=True)
+    git(repo, "remote", "add", "origin", str(shared))
     run_dvc(repo, "remote", "add", "-d", "storage", "s3://sdd-cache/dvc")
-    run_dvc(repo, "remote", "modify", "storage", "endpointurl", s3_server)
-    clone, output = share_and_pull(repo, tmp_path, env=S3_ENV)
-    # The credentials came from the environment only: no config, metric, log or artifact holds them.
+    run_dvc(repo, "remote", "modify", "storage", "endpointurl", s3_server)  # no secret: it is committed
+
+    # 1. Teammate A: the whole DAG, then push the artifacts and the commit that records them.
+    first = run_dvc(repo, "repro", env=env)
+    stages = set(re.findall(r"(?m)^(\S+?)\s", run_dvc(repo, "stage", "list", "--name-only").stdout))
+    assert ran(first.stdout) == stages, f"stages that did not run: {stages - ran(first.stdout)}"
+    pushed = run_dvc(repo, "push", env=env)
+    import boto3
+
+    bucket = boto3.client("s3", endpoint_url=s3_server, **_boto_kwargs())
+    keys = {
+        obj["Key"].removeprefix("dvc/")
+        for page in bucket.get_paginator("list_objects_v2").paginate(Bucket="sdd-cache")
+        for obj in page.get("Contents", [])
+    }
+    cache = repo / ".dvc/cache"
+    cached = {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()}
+    assert cached and cached <= keys, f"not pushed: {sorted(cached - keys)[:5]}"
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")
+    git(repo, "push", "-q", "origin", "HEAD:refs/heads/main")
+
+    # 2. Teammate B: a fresh clone of the shared repo pulls everything and has nothing to recompute.
+    clone = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(shared), str(clone)], check=True)
+    assert not (clone / "data/models/base").exists()
+    pulled = run_dvc(clone, "pull", env=env)
+    assert_same_workspace(repo, clone)
+    assert_nothing_to_do(clone, env)
+    again = run_dvc(clone, "repro", env=env)
+    assert ran(again.stdout) == ALWAYS, again.stdout
+    assert_nothing_to_do(clone, env)  # sources rewrote its fingerprints byte for byte; dvc.lock unchanged
+    assert (clone / "reports/recovery.md").read_bytes() == (repo / "reports/recovery.md").read_bytes()
+
+    # 3. An experiment: A runs and pushes it, B pulls and applies it without recomputing anything.
+    baseline_report = (repo / "reports/recovery.md").read_bytes()
+    exp = run_dvc(repo, "exp", "run", "-n", EXPERIMENT, "-S", "report.bootstrap=150", env=env)
+    assert "report" in ran(exp.stdout) and ran(exp.stdout) <= ALWAYS | {"report", "publish"}, exp.stdout
+    exp_headline = json.loads((repo / "metrics/report/report.headline.json").read_text())
+    exp_pushed = run_dvc(repo, "exp", "push", "origin", EXPERIMENT, env=env)
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=shared, capture_output=True, text=True
+    ).stdout.split()
+    assert any(ref.endswith("/" + EXPERIMENT) for ref in refs), refs
+
+    exp_pulled = run_dvc(clone, "exp", "pull", "origin", EXPERIMENT, env=env)
+    shown = find_experiment(json.loads(run_dvc(clone, "exp", "show", "--json", env=env).stdout), EXPERIMENT)
+    assert shown, f"dvc exp show does not list {EXPERIMENT}"
+    assert shown["data"]["params"]["params.yaml"]["data"]["report"]["bootstrap"] == 150
+    shown_metrics = shown["data"]["metrics"]["metrics/report/report.headline.json"]["data"]
+    assert json.dumps(shown_metrics, sort_keys=True) == json.dumps(exp_headline, sort_keys=True)
+    applied = run_dvc(clone, "exp", "apply", EXPERIMENT, env=env)
+    assert ran(applied.stdout) == set()
+    assert yaml.safe_load((clone / "params.yaml").read_text())["report"]["bootstrap"] == 150
+    assert_same_workspace(repo, clone)  # A's workspace holds the experiment's results
+    status = json.loads(run_dvc(clone, "status", "--json", env=env).stdout or "{}")
+    assert set(status) <= ALWAYS and all(v == ["always changed"] for v in status.values()), status
+    after = run_dvc(clone, "repro", env=env)
+    assert ran(after.stdout) == ALWAYS, after.stdout
+    print(f"report changed by the experiment: {baseline_report != (clone / 'reports/recovery.md').read_bytes()}")
+
+    # The credentials came from the environment only: no config, output, log, artifact or commit holds them.
     secrets = [S3_ENV["AWS_ACCESS_KEY_ID"].encode(), S3_ENV["AWS_SECRET_ACCESS_KEY"].encode()]
-    assert not any(secret in output.encode() for secret in secrets)
+    logs = (first, pushed, pulled, again, exp, exp_pushed, exp_pulled, applied, after)
+    assert not any(secret in (p.stdout + p.stderr).encode() for p in logs for secret in secrets)
     for root in (repo, clone):
         # everything but git's objects and the copied tests (this file names the values)
         for path in (
@@ -134,6 +295,10 @@ def test_s3_remote_push_clone_pull(tmp_path, tiny_model_dir, mirror, s3_server):
         ):
             data = path.read_bytes()
             assert not any(secret in data for secret in secrets), path
+    history = subprocess.run(
+        ["git", "log", "--all", "-p", "--", ".", ":!tests"], cwd=shared, capture_output=True, check=True
+    ).stdout
+    assert not any(secret in history for secret in secrets)
 
 
 def test_local_directory_remote(tmp_path, tiny_model_dir, mirror):

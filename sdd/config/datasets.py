@@ -13,6 +13,13 @@ from sdd.config.base import Section
 Format = Literal["alpaca", "dolly", "dolly_hhrlhf", "gsm8k", "openmath"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)  # sdd/data/adapters.py ADAPTERS has one adapter each
 
+# A local source: a data file, possibly compressed ("rows.jsonl.gz"). sdd/data/sources.py reads
+# gzip, bzip2 and xz (READ_COMPRESSED) and refuses the others, saying how to unpack them.
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+READ_COMPRESSED = (".gz", ".bz2", ".xz", ".lzma")
+COMPRESSED_SUFFIXES = (*READ_COMPRESSED, ".zip", ".zst", ".7z", ".rar")
+_LOCAL = re.compile(rf"({'|'.join(map(re.escape, DATA_SUFFIXES))})({'|'.join(map(re.escape, COMPRESSED_SUFFIXES))})?$")
+
 
 class DatasetParams(Section):
     """A hub id (resolved through the mirror when set) or a local file."""
@@ -30,7 +37,8 @@ class DatasetParams(Section):
 
     @property
     def is_local(self) -> bool:
-        return bool(re.search(r"\.(jsonl|json|parquet|csv)$", self.source))
+        """A file name with a data extension, compressed or not ("rows.jsonl", "rows.csv.gz"); else a hub id."""
+        return bool(_LOCAL.search(self.source))
 
 
 class PrepareParams(Section):

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sdd.cache import fingerprint
-from sdd.data.answers import after_last_marker, numeric_answer
+from sdd.data.answers import InexactAnswer, after_last_marker, exact_number
 
 GSM8K_CALC = re.compile(r"<<[^<>]*>>")
 ALPACA_TEMPLATE = re.compile(
@@ -39,6 +39,20 @@ class RowError(ValueError):
 # C0 and C1 control characters and DEL (category Cc), except tab, newline and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class JsonFloat(float):
+    """A JSON number that a float does not hold exactly ("12345678901234567890.5" reads as
+    1.2345678901234567e+19, "1e400" as inf): that float, plus `literal`, the number as the file
+    writes it. `sdd.data.sources` reads such numbers so; everywhere else it is a float."""
+
+    __slots__ = ("literal",)
+    literal: str
+
+    def __new__(cls, literal: str) -> JsonFloat:
+        number = super().__new__(cls, literal)
+        number.literal = literal
+        return number
 
 
 def _strings(value: object):
@@ -133,12 +147,16 @@ def dolly_hhrlhf(row: dict) -> dict:
 
 
 def gsm8k(row: dict) -> dict:
-    """The final answer is the number after the LAST `####` (`sdd.data.answers.gsm8k_answer`)."""
+    """The final answer is the number after the LAST `####` (`sdd.data.answers.gsm8k_answer`), kept
+    exactly ("1,000" -> "1000", 400 digits stay 400 digits); one that cannot be is a rejection."""
     solution = _text(row, "answer")
     stated = after_last_marker(solution)
     if stated is None:
         raise RowError("field 'answer' has no final answer after '####'")
-    answer = numeric_answer(stated)
+    try:
+        answer = exact_number(stated)
+    except InexactAnswer as err:
+        raise RowError(f"field 'answer' has a final answer that cannot be kept exactly ({err})") from err
     if answer is None:
         raise RowError("field 'answer' has no number after its last '####'")
     # Calculator annotations (<<48/2=24>>) are tool markup, not language: strip them.
@@ -152,13 +170,16 @@ def gsm8k(row: dict) -> dict:
 
 
 def openmath(row: dict) -> dict:
-    """OpenMathInstruct-1 (`question`) and -2 (`problem`), `generated_solution`, `expected_answer`."""
+    """OpenMathInstruct-1 (`question`) and -2 (`problem`), `generated_solution`, `expected_answer`.
+
+    A JSON number a float cannot hold (`JsonFloat`: "12345678901234567890.5") is kept as written.
+    """
     answer = row.get("expected_answer")
     if answer is None or (isinstance(answer, float) and math.isnan(answer)):
         raise RowError("field 'expected_answer' is missing or null")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise RowError(f"field 'expected_answer' must be text or a number, got {type(answer).__name__}")
-    answer = str(answer).strip()
+    answer = (answer.literal if isinstance(answer, JsonFloat) else str(answer)).strip()
     if not visible(answer):
         raise RowError("field 'expected_answer' is empty")
     return {

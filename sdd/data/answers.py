@@ -1,9 +1,14 @@
 """Final-answer extraction and the conditional selection of self-distilled responses.
 
-    from sdd.data.answers import extract_answer, gsm8k_answer, select
+    from sdd.data.answers import answers_match, extract_answer, gsm8k_answer, select
     extract_answer("... so she has 1,200 apples.\\n#### 1,200")        # -> "1200"
     gsm8k_answer("... #### 3/4")                                       # -> "3/4" (None: not a number)
+    answers_match("0.50", "1/2")                                       # -> True (equal values)
     select(row_answer="72", candidates=[...], leak_phrases=(...))      # -> Choice
+
+Numbers are normalised exactly, never through floating point: a decimal is rewritten digit by digit
+(any length), a fraction is reduced with integers; one too long to reduce (`MAX_FRACTION_DIGITS`)
+raises `InexactAnswer` where a caller asks for an exact number (`exact_number`).
 
 Pure functions (value in, value out). Conditional selection follows self-data distillation
 (Thangarasa et al. 2024, "Self-Data Distillation for Recovering Quality in Pruned LLMs", after
@@ -14,6 +19,7 @@ where the task has a checkable answer, only when its final answer equals the ref
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from fractions import Fraction
@@ -22,7 +28,7 @@ from fractions import Fraction
 _MARKER = "####"  # GSM8k: the final answer follows the last one
 _ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
-_CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/[1-9]\d*)?")
+_CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/[1-9]\d*)?", re.ASCII)
 _ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*)$", re.MULTILINE)
 
 
@@ -45,14 +51,32 @@ def _boxed(text: str) -> str | None:
     return None  # unbalanced: the rewrite was cut off inside the box
 
 
+# A fraction is reduced with Python integers; past this many digits (Python's own limit for reading
+# an integer from text) converting it costs seconds to minutes, so it is not normalised.
+MAX_FRACTION_DIGITS = 4300
+
+
+class InexactAnswer(ValueError):
+    """A number that cannot be normalised exactly: a fraction longer than `MAX_FRACTION_DIGITS`."""
+
+
 def normalize_answer(value: str) -> str:
     r"""Canonical text of an answer so that equal answers compare equal.
 
     Removes `$`, thousands separators, LaTeX wrappers (`\text{}`, `\frac{a}{b}`, `\dfrac`),
     units/trailing words and a trailing period; numbers become their shortest exact form
-    ("5.0" -> "5", "3/6" -> "1/2", "0.50" -> "0.5"). Non-numeric answers are lower-cased and
-    stripped of spaces, so "\text{(A)}" and "(a)" match.
+    ("5.0" -> "5", "3/6" -> "1/2", "0.50" -> "0.5", 400 digits stay 400 digits). Non-numeric
+    answers, and a fraction too long to reduce (`InexactAnswer`), are lower-cased and stripped
+    of spaces, so "\text{(A)}" and "(a)" match.
     """
+    try:
+        return _normalized(value)
+    except InexactAnswer:
+        return re.sub(r"\s+", "", value).lower()
+
+
+def _normalized(value: str) -> str:
+    """`normalize_answer`, raising `InexactAnswer` for a number it cannot normalise exactly."""
     text = value.strip()
     text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", text)
     text = re.sub(r"\\(?:text|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
@@ -70,15 +94,47 @@ def _leftover_is_math(rest: str) -> bool:
 
 
 def _canonical_number(raw: str) -> str:
-    raw = raw.replace("$", "").replace(",", "").replace(" ", "")
-    if "/" in raw:
-        num, den = raw.split("/")
-        if int(den) == 0:
-            return raw
-        value = Fraction(int(num), int(den))
-        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-    text = format(Decimal(raw).normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    """A `_NUMBER` match in its shortest exact form: "1,000" -> "1000", "-0.50" -> "-0.5", "6/8" -> "3/4".
+
+    A zero denominator is left as it is ("1/0": not a number, see `numeric_answer`).
+    """
+    raw = _ascii_digits(re.sub(r"[\s$,]", "", raw))
+    if "/" not in raw:
+        return _decimal_text(raw)
+    num, den = raw.split("/")
+    if not den.strip("0"):
+        return raw
+    digits = len(num) + len(den)
+    if digits > MAX_FRACTION_DIGITS:
+        raise InexactAnswer(f"the fraction has {digits} digits; at most {MAX_FRACTION_DIGITS} can be reduced exactly")
+    value = Fraction(Decimal(num)) / Fraction(Decimal(den))  # Decimal reads the text exactly
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+def _decimal_text(raw: str) -> str:
+    """A decimal ("-007.50") rewritten digit by digit, exact at any length: no leading zeros before
+    the point, no trailing zeros after it, no "-" on zero ("-7.5", "0")."""
+    sign, digits = ("-", raw[1:]) if raw.startswith("-") else ("", raw)
+    whole, _, decimals = digits.partition(".")
+    decimals = decimals.rstrip("0")
+    text = (whole.lstrip("0") or "0") + (f".{decimals}" if decimals else "")
+    return "0" if text == "0" else sign + text
+
+
+def _ascii_digits(text: str) -> str:
+    """Other scripts' decimal digits ("٣", "３", which `\\d` matches) as ASCII digits."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
+
+
+def answer_value(answer: str) -> Fraction | None:
+    """The exact value of a normalised numeric answer ("0.5" and "1/2" -> Fraction(1, 2)); None for
+    a non-numeric one, or one longer than `MAX_FRACTION_DIGITS` (compared as text only)."""
+    if len(answer) > MAX_FRACTION_DIGITS or not _CANONICAL_NUMBER.fullmatch(answer):
+        return None
+    num, _, den = answer.partition("/")
+    return Fraction(Decimal(num)) / (Fraction(Decimal(den)) if den else 1)
 
 
 def after_last_marker(text: str) -> str | None:
@@ -89,13 +145,22 @@ def after_last_marker(text: str) -> str | None:
 
 
 def numeric_answer(value: str) -> str | None:
-    """`value` as a canonical number ("-3", "1000", "2.5", "3/4"), or None when it is not a number.
+    """`value` as a canonical number ("-3", "1000", "2.5", "3/4"), or None when it is not a number
+    (or one that cannot be normalised exactly, see `exact_number`)."""
+    try:
+        return exact_number(value)
+    except InexactAnswer:
+        return None
+
+
+def exact_number(value: str) -> str | None:
+    """`value` as a canonical number, exact ("-3", "1000", "2.5", "3/4"), or None when it is not a number.
 
     Accepts what `normalize_answer` reads as one number: a sign, `$`, thousands separators,
     decimals, fractions, a unit or word after it ("1,000 apples" -> "1000"); "2x+1" or "banana"
-    is not a number.
+    is not a number. Raises `InexactAnswer` for a number it cannot normalise exactly.
     """
-    canonical = normalize_answer(value)
+    canonical = _normalized(value)
     return canonical if _CANONICAL_NUMBER.fullmatch(canonical) else None
 
 
@@ -148,10 +213,15 @@ def extract_answer(text: str) -> str | None:
 
 
 def answers_match(predicted: str | None, reference: str | None) -> bool:
-    """Equal after normalisation; a missing prediction never matches."""
+    """Equal after normalisation, numbers by exact value ("0.50" matches "1/2"); a missing
+    prediction never matches."""
     if predicted is None or reference is None:
         return False
-    return normalize_answer(predicted) == normalize_answer(reference)
+    left, right = normalize_answer(predicted), normalize_answer(reference)
+    if left == right:
+        return True
+    value = answer_value(left)
+    return value is not None and value == answer_value(right)
 
 
 def leaked_phrase(text: str, phrases: tuple[str, ...] | list[str]) -> str | None:

@@ -60,7 +60,8 @@ def evaluate(
     settings = harness.run_settings(cfg, dtype, dev, mirror)
     make_lm = lambda: harness.lm_eval_model(model_dir, cfg, dtype, dev, model, tokenizer)  # noqa: E731
     clock.lap("load")
-    done = harness.run_tasks(make_lm, tasks, cfg, name, scratch, {**settings, "model": tree_digest(model_dir)})
+    digest = tree_digest(model_dir, scratch.parent.parent)  # stat-cached under paths.scratch
+    done = harness.run_tasks(make_lm, tasks, cfg, name, scratch, {**settings, "model": digest})
     clock.lap("tasks")
     if model is None:
         model, tokenizer = load_model(model_dir, dtype, dev)

@@ -148,8 +148,12 @@ def _import_vllm_backend() -> None:
         md.version = real
 
 
-def run_lm_eval(lm: Any, tasks: list[Task], cfg: EvaluateParams) -> dict:
-    """One `simple_evaluate` call over the subtasks of `tasks`, with the documents they chose."""
+def run_lm_eval(lm: Any, tasks: list[Task], cfg: EvaluateParams, cache: Path | None = None) -> dict:
+    """One `simple_evaluate` call over the subtasks of `tasks`, with the documents they chose.
+
+    `cache`: a path prefix for lm-eval's request cache (SQLite, one committed row per answered
+    request): a killed run resumes inside a task (MMLU's 57 subjects are one task) instead of
+    redoing it."""
     from lm_eval import simple_evaluate
 
     subtasks = [t for task in tasks for t in task.subtasks.values()]
@@ -168,6 +172,7 @@ def run_lm_eval(lm: Any, tasks: list[Task], cfg: EvaluateParams) -> dict:
         fewshot_random_seed=cfg.seed,
         bootstrap_iters=0,
         confirm_run_unsafe_code=False,
+        use_cache=str(cache) if cache is not None else None,
     )
 
 
@@ -211,7 +216,9 @@ def run_tasks(
             if done is None:
                 lm = lm or make_lm()
                 began = time.perf_counter()
-                out = run_lm_eval(lm, [task], cfg)
+                store.dir.mkdir(parents=True, exist_ok=True)
+                requests = store.dir / f"{task.name}.requests"  # inside the key's folder: same model and settings
+                out = run_lm_eval(lm, [task], cfg, requests)
                 log.info(
                     "%s: %d items in %.1f s",
                     task.name,
@@ -226,6 +233,8 @@ def run_tasks(
                         "lm_eval": lm_eval_scores(task, out["results"]),
                     },
                 )
+                for answered in store.dir.glob(f"{task.name}.requests*"):  # the piece holds them all now
+                    answered.unlink()
             else:
                 reused.append(task.name)
                 log.info("%s: read back from %s", task.name, store.path(task.name))

@@ -231,7 +231,7 @@ def build(
 
     model, tok = load_model(model_dir, cfg.dtype, device)
     examples = encode_rows(rows, tok, max_seq_len=1 << 30, overlong="truncate", rendering=rendering)[0]  # every token
-    model_digest = tree_digest(model_dir)
+    model_digest = tree_digest(model_dir, scratch.parent.parent)  # stat-cached under paths.scratch
     texts = [[r["id"], r["instruction"], r["context"], r["response"]] for r in rows]
     settings = {**cfg.model_dump(), "rendering": rendering}
     key = fingerprint({"format": FORMAT, "model": model_digest, "rows": texts, "settings": settings})
