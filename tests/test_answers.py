@@ -1,15 +1,21 @@
 """Final-answer extraction, normalisation and the conditional selection of rewrites."""
 
+from fractions import Fraction
+
 import pytest
 
 from sdd.config.distill import DEFAULT_LEAK_PHRASES
 from sdd.data.answers import (
+    InexactAnswer,
+    answer_value,
     answers_match,
     apply_selection,
+    exact_number,
     extract_answer,
     gsm8k_answer,
     leaked_phrase,
     normalize_answer,
+    numeric_answer,
     select,
 )
 from sdd.generate.engines import Generation
@@ -99,6 +105,11 @@ def test_table_is_large_enough():
         ("6/4", "3/2"),
         ("\\frac{1}{2}", "1/2"),
         ("10 dollars", "10"),
+        # numbers compare by exact value: a decimal and a fraction, digits past a float's 17
+        ("0.50", "1/2"),
+        ("1/2", "0.5 cups extra 1"),  # the leading number, with a unit and words after it
+        ("-3/4", "-0.75"),
+        ("9007199254740993", "9,007,199,254,740,993.000"),
     ],
 )
 def test_equal_answers_match(a, b):
@@ -106,10 +117,55 @@ def test_equal_answers_match(a, b):
 
 
 @pytest.mark.parametrize(
-    ("a", "b"), [("12", "13"), ("1.5", "15"), ("-3", "3"), (None, "3"), ("1/2", "0.5 cups extra 1")]
+    ("a", "b"),
+    [
+        ("12", "13"),
+        ("1.5", "15"),
+        ("-3", "3"),
+        (None, "3"),
+        ("1/2", "0.51 cups extra 1"),
+        ("1/3", "0.3333333333333333"),  # equal as floats, not as values
+        ("9007199254740993", "9007199254740992"),  # equal as floats (2^53 + 1), not as integers
+        ("1" * 400, "1" * 399 + "2"),
+    ],
 )
 def test_different_answers_do_not_match(a, b):
     assert not answers_match(a, b)
+
+
+def test_numbers_are_normalised_exactly():
+    """Never through floating point or a limited precision: 400 digits stay 400 digits."""
+    long = "9" * 400
+    assert normalize_answer(long) == long
+    assert normalize_answer(f"{long}.50") == f"{long}.5"
+    assert gsm8k_answer(f"#### {long[:-3]},999") == long
+    assert extract_answer(f"So \\boxed{{{long}}}") == long
+    assert normalize_answer("12345678901234567890123456789.0100") == "12345678901234567890123456789.01"
+    assert normalize_answer("-0.000") == "0"
+    assert normalize_answer("1.5/2") == "3/4"  # a decimal numerator (it raised ValueError)
+    assert normalize_answer("٣/٦") == "1/2"  # other scripts' digits, as ASCII
+    assert answer_value("0.5") == answer_value("1/2") == Fraction(1, 2)
+    assert answer_value("banana") is None
+
+
+def test_a_fraction_too_long_to_reduce_is_not_a_number():
+    huge = "1/" + "3" * 5_000
+    with pytest.raises(InexactAnswer, match="the fraction has 5001 digits; at most 4300 can be reduced exactly"):
+        exact_number(huge)
+    assert numeric_answer(huge) is None
+    assert normalize_answer(huge) == huge  # compared as text
+    assert answers_match(huge, huge) and not answers_match(huge, "0")
+
+
+def test_selection_compares_long_answers_exactly():
+    reference = "1234567890" * 40
+    near = reference[:-1] + "1"
+    row = {"id": "d" * 16, "dataset": "gsm8k", "instruction": "?", "context": "", "response": "x"}
+    rows = [{**row, "answer": reference}]
+    assert apply_selection(rows, [[gen(f"#### {reference}")]], True, LEAKS)[0]["reason"] == "accepted"
+    assert apply_selection(rows, [[gen(f"#### {near}")]], True, LEAKS)[0]["reason"] == "wrong_answer"
+    half = [{**rows[0], "answer": "0.5"}]
+    assert apply_selection(half, [[gen("#### 1/2")]], True, LEAKS)[0]["reason"] == "accepted"
 
 
 def test_normalize_is_idempotent():

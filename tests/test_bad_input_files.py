@@ -347,8 +347,9 @@ def test_deeply_nested_json_array_is_refused(project):
     text = json.dumps([*alpaca_rows(3), deep]).replace("[]", "[" * 5_000 + "]" * 5_000)
     root = project("rows.json", text.encode())
     assert failure() == (
-        f"{root / 'rows.json'} has a row nested deeper than 100 levels of JSON arrays and objects: flatten or remove "
-        "the deep field, or write the rows as JSON lines (.jsonl), where such a row is set aside and the others are kept"
+        f"{root / 'rows.json'} has a row nested deeper than 100 levels of JSON arrays and objects: flatten or "
+        "remove the deep field, or write the rows as JSON lines (.jsonl), where such a row is set aside and the "
+        "others are kept"
     )
 
 

@@ -14,10 +14,9 @@ Format = Literal["alpaca", "dolly", "dolly_hhrlhf", "gsm8k", "openmath"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)  # sdd/data/adapters.py ADAPTERS has one adapter each
 
 # A local source: a data file, possibly compressed ("rows.jsonl.gz"). sdd/data/sources.py reads
-# gzip, bzip2 and xz (READ_COMPRESSED) and refuses the others, saying how to unpack them.
+# .gz, .bz2, .xz and .lzma, and refuses the others saying how to unpack them.
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-READ_COMPRESSED = (".gz", ".bz2", ".xz", ".lzma")
-COMPRESSED_SUFFIXES = (*READ_COMPRESSED, ".zip", ".zst", ".7z", ".rar")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".lzma", ".zip", ".zst", ".7z", ".rar")
 _LOCAL = re.compile(rf"({'|'.join(map(re.escape, DATA_SUFFIXES))})({'|'.join(map(re.escape, COMPRESSED_SUFFIXES))})?$")
 
 

@@ -1,6 +1,6 @@
 """Format adapters: one raw source row -> one canonical row, or a rejection reason.
 
-Canonical row (DESIGN.md): id, dataset, instruction, context, response, answer.
+Canonical row: id, dataset, instruction, context, response, answer.
 `adapt_rows` is pure: it takes decoded raw rows (or decode errors) and returns accepted rows,
 rejected rows with reasons, and counts. Nothing is dropped without a reason.
 

@@ -252,7 +252,7 @@ def _json_int(literal: str) -> int:
 
 def _json_float(literal: str) -> float:
     """`parse_float`: the float, or a `JsonFloat` keeping the text when the float does not hold the
-    number exactly (more than 17 significant digits, out of range)."""
+    number exactly (more significant digits than a float keeps, or out of its range)."""
     number = float(literal)
     if len(literal) <= 15 and "e" not in literal.lower():  # at most 15 significant digits: a float holds them
         return number
