@@ -6,6 +6,7 @@ need just JSON, and the import costs ~0.4 s of each no-op `dvc repro`'s ~0.7 s p
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 def atomic_path(final: str | os.PathLike):
     """Yield a temporary sibling path; rename it onto `final` only if the block succeeds.
 
-    Works for files and directories. The rename is atomic on POSIX within one filesystem.
+    Works for files and directories. The rename is atomic on POSIX within one filesystem. If the block
+    fails (a full disk included) the temporary copy is removed and `final` is left as it was; a full
+    disk is reported as an InputError naming the path (free space and re-run: nothing is half-written).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -42,8 +45,22 @@ def atomic_path(final: str | os.PathLike):
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(target, final)
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        raise InputError(
+            f"no space left on the device while writing {final} ({err.strerror}); the previous {final.name} "
+            f"is untouched and no partial file remains. Free space under {final.parent} (or move paths.* in "
+            "params.yaml to a larger disk) and run the stage again"
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_full(err: OSError) -> bool:
+    """Whether `err` says the disk (or the user's quota) is full; pyarrow's writer reports it in the
+    message only."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -70,7 +70,9 @@ def main(argv: list[str]) -> None:
             extra["speculative_config"] = speculation.draft_config(
                 paths.model_dir(draft_dir), cfg.num_speculative_tokens
             )
-        with vllm_engine(target, engine, sequences=len(prompts), disable_log_stats=False, **extra) as llm:
+        with vllm_engine(
+            target, engine, len(prompts), "speculate.engine_args", disable_log_stats=False, **extra
+        ) as llm:
             run = speculation.measure(llm, prompts, cfg.prompts.max_tokens, cfg.temperature, engine.seed)
         if args.baseline:
             timing = {k: v for k, v in vars(run).items() if k != "counters"}

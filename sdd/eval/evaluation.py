@@ -53,8 +53,13 @@ def evaluate(
     """Evaluate the model in `model_dir` on `cfg.tasks`, against the reference model (its stored
     continuations) and on the held-out rows, computing in the resolved `dtype` on `dev`."""
     from sdd.model.checkpoint import load_model
+    from sdd.model.memory import check_engine, check_evaluation
 
     clock = Clock()
+    if cfg.backend == "hf":
+        check_evaluation(model_dir, dtype, cfg.batch_size, max(t.shots for t in cfg.tasks.values()), dev)
+    else:
+        check_engine(model_dir, dtype, cfg.vllm.max_model_len, cfg.vllm.gpu_memory_utilization, dev, "evaluate.vllm")
     tasks = harness.build_tasks(cfg.tasks, mirror)
     model, tokenizer = load_model(model_dir, dtype, dev) if cfg.backend == "hf" else (None, None)
     settings = harness.run_settings(cfg, dtype, dev, mirror)

@@ -101,7 +101,8 @@ class Engine:
             if cfg.engine == "vllm":
                 sampling = engines.seeded_sampling_settings(cfg.sampling.temperature, cfg.engine_args.max_model_len)
                 sequences = min(cfg.chunk_size, 256) * cfg.sampling.n  # a chunk's requests at once
-                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args, sequences, **sampling)
+                key = "distill.engine_args"
+                self.impl = engines.build_vllm(self.model_dir, cfg.engine_args, sequences, key, **sampling)
             else:
                 from sdd.model.checkpoint import load_model
 

@@ -63,7 +63,7 @@ def cpu_runtime(model_dir: str | Path, dtype: str, max_model_len: int, sequences
 
     - `VLLM_CPU_NUM_OF_RESERVED_CPU=0`: vLLM's automatic OpenMP binding keeps one core for its
       front end, which on a 2-core machine halves decoding; bound to every core it made 473-529
-      generated tokens/s instead of 295-340 (issue 16, 256 GSM8k rows).
+      generated tokens/s instead of 295-340 (256 GSM8k rows, BENCHMARKS.md).
     - `VLLM_CPU_KVCACHE_SPACE` (whole GiB): room for `sequences` sequences of `max_model_len`
       tokens, at most a quarter of the available memory, at least 1.
     """
@@ -118,12 +118,15 @@ def in_process(tensor_parallel_size: int) -> dict[str, Any]:
     return {"distributed_executor_backend": "uni"}
 
 
-def build_vllm(model_dir: str | Path, engine: EngineParams, sequences: int = 256, **extra: Any) -> Any:
+def build_vllm(
+    model_dir: str | Path, engine: EngineParams, sequences: int = 256, key: str = "engine_args", **extra: Any
+) -> Any:
     """A vLLM `LLM` for a local model directory, configured by an `EngineParams` section and, on
     CPU, `cpu_runtime`.
 
     `sequences`: how many sequences of `max_model_len` the CPU KV cache holds (the workload's
-    prompts; a 5 GiB cache for 256 took 5 s more to set up than 1 GiB for 8 prompts).
+    prompts; a 5 GiB cache for 256 took 5 s more to set up than 1 GiB for 8 prompts). An engine that
+    cannot fit is refused first (sdd.model.memory.check_engine; `key` names the params section).
     `extra` goes to `LLM(...)` unchanged (e.g. `speculative_config=...`). Remote code never runs
     unless the caller passes `trust_remote_code=True` explicitly.
     """
@@ -132,6 +135,13 @@ def build_vllm(model_dir: str | Path, engine: EngineParams, sequences: int = 256
     from sdd.hardware import resolve_dtype
 
     dtype = resolve_dtype(engine.dtype, "vllm")  # stages pass it resolved already; `auto` never reaches vLLM
+    import torch
+
+    from sdd.model.memory import check_engine
+
+    draft = (extra.get("speculative_config") or {}).get("model")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    check_engine(model_dir, dtype, engine.max_model_len, engine.gpu_memory_utilization, dev, key, draft)
     cpu_runtime(model_dir, dtype, engine.max_model_len, sequences)
     kwargs: dict[str, Any] = dict(
         model=str(model_dir),
@@ -160,9 +170,11 @@ def shutdown_vllm(llm) -> None:
 
 
 @contextmanager
-def vllm_engine(model_dir: str | Path, engine: EngineParams, sequences: int = 256, **extra: Any) -> Iterator[Any]:
+def vllm_engine(
+    model_dir: str | Path, engine: EngineParams, sequences: int = 256, key: str = "engine_args", **extra: Any
+) -> Iterator[Any]:
     """`build_vllm` as a context: the engine is shut down when the block exits."""
-    llm = build_vllm(model_dir, engine, sequences, **extra)
+    llm = build_vllm(model_dir, engine, sequences, key, **extra)
     try:
         yield llm
     finally:

@@ -97,3 +97,41 @@ def check_training(config: Any, arm: str, cfg: Any, method: str, dev: str) -> No
     else:
         fixes += ["use more processes (FSDP shards the weights) or GPUs with more memory"]
     check_fits(need, device_memory(dev), f"finetune@{arm} ({method}, {dev})", fixes)
+
+
+def read_config(model_dir: Any) -> Any:
+    import json
+    from pathlib import Path
+
+    from sdd.model.pruning import config_from_dict
+
+    return config_from_dict(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
+def check_engine(model_dir: Any, dtype: str, max_model_len: int, utilization: float, dev: str, key: str,
+                 draft_dir: Any = None) -> None:  # fmt: skip
+    """Fail before a vLLM engine starts when its weights (and a draft's) and the KV cache of one full
+    `max_model_len` sequence (the least vLLM accepts) do not fit: on a GPU within `utilization` of its
+    memory, on CPU within the available RAM. `key` is the params section the knobs live in."""
+    config = read_config(model_dir)
+    need = inference_memory(config, dtype, max_model_len)
+    if draft_dir is not None:
+        need |= {f"draft {k}": v for k, v in inference_memory(read_config(draft_dir), dtype, max_model_len).items()}
+    have = int(device_memory(dev) * (utilization if dev == "cuda" else 1.0))
+    fixes = [f"lower {key}.max_model_len (now {max_model_len})", f"or {key}.dtype (now {dtype})"]
+    fixes += [f"raise {key}.gpu_memory_utilization or tensor_parallel_size (GPUs)" if dev == "cuda" else "or free RAM"]
+    check_fits(need, have, f"the vLLM engine of {model_dir} ({dtype}, {dev})", fixes)
+
+
+def check_evaluation(model_dir: Any, dtype: str, batch_size: int, shots: int, dev: str) -> None:
+    """Fail before an evaluation (hf backend) loads its model when the weights and one batch of
+    float32 log-probabilities over the vocabulary (lm-eval scores every position) cannot fit. The
+    longest request is estimated as ~512 tokens per shot plus the question, at most the model's context."""
+    config = read_config(model_dir)
+    tokens = min(getattr(config, "max_position_embeddings", 4096) or 4096, 512 * (shots + 1))
+    need = {
+        f"weights ({dtype})": BYTES[dtype] * parameter_count(config),
+        "log-probabilities of one batch (fp32)": 4 * batch_size * tokens * config.vocab_size,
+    }
+    fixes = [f"lower evaluate.batch_size (now {batch_size})", "or the shots", "or use evaluate.backend: vllm"]
+    check_fits(need, device_memory(dev), f"evaluating {model_dir} ({dtype}, {dev}, ~{tokens} tokens a request)", fixes)
