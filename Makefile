@@ -1,6 +1,6 @@
 # The two commands of the README. Both set up .venv first (idempotent: a stamp file skips the
 # install when pyproject.toml and this Makefile are unchanged).
-#   make demo   set up, then `dvc repro` (bundled SmolLM2, mirror at ../shared/datasets if present)
+#   make demo   set up, then `dvc repro` (bundled SmolLM2; an offline dataset mirror beside the repo if present)
 #   make test   set up, then ruff + mypy, then the whole test suite (PYTEST_ARGS="-m 'not slow'" for a quick local run)
 SHELL := /bin/bash
 PYTHON ?= python3.11

@@ -1,13 +1,13 @@
 """Benchmark of distill@gsm8k: vLLM engine vs hf engine vs vLLM's bare `LLM.generate`.
 
-    SDD_DATA_MIRROR=../shared/datasets python bench/distill_speed.py --rows 256 --hf-rows 64
+    SDD_DATA_MIRROR=/path/to/mirror python bench/distill_speed.py --rows 256 --hf-rows 64
 
 Needs the base model (`dvc repro base_model`) and GSM8k through the mirror or the hub. Prepares
 `--rows` GSM8k rows with the prepare stage in a temporary copy of the layout, then times
   1. the distill stage with engine=vllm (a subprocess, as dvc runs it) on all rows,
   2. the distill stage with engine=hf on the first `--hf-rows` rows (it is slow; tokens/s is the figure),
   3. bare vLLM: `LLM(...)` + one `LLM.generate` on the same prompts and sampling settings.
-Targets (issue 3): vLLM engine >= 3x the hf engine in generated tokens/s; stage overhead <= 15%
+Targets: vLLM engine >= 3x the hf engine in generated tokens/s; stage overhead <= 15%
 over bare vLLM. Writes a JSON of the figures (`--out`) and prints a Markdown table.
 """
 

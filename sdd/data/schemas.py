@@ -1,6 +1,6 @@
 """Data contracts (pandera), versioned; checked when an artifact is written and when it is read.
 
-Canonical prepared rows (DESIGN.md): id, dataset, instruction, context, response, answer.
+Canonical prepared rows: id, dataset, instruction, context, response, answer.
 Distilled rows add response_original, response_distilled, selected and reason.
 """
 

@@ -62,8 +62,8 @@ def recovery(model_avg: float, base_avg: float) -> float:
 def chance_normalised(score: float, base: float, chance: float) -> float:
     """(score - chance) / (base - chance): the share of the base model's above-chance skill kept.
 
-    Raw recovery credits a broken model with the chance level (88% for a model reduced to guessing,
-    DESIGN.md pitfalls); this does not. NaN where the base is not above chance.
+    Raw recovery credits a broken model with the chance level (88% for a SmolLM2 cut that reduced it
+    to guessing); this does not. NaN where the base is not above chance.
     """
     if base - chance <= 0:
         return float("nan")
