@@ -37,6 +37,7 @@ demo: setup
 # Lint, format and type checks first (seconds), then the tests. pytest exits 5 when it collected
 # no test: that is a failure here, never a silent pass.
 lint: setup
+	python -m sdd.wiring --check
 	ruff check sdd stages tests bench
 	ruff format --check sdd stages tests bench
 	mypy

@@ -79,14 +79,21 @@ def test_model_index_has_one_result_per_task_with_its_dataset_and_shots():
             }
         }
     }
-    (result,) = model_index(evaluation)
-    assert result["dataset"] == {
+    (result,) = model_index(evaluation)  # huggingface_hub's EvalResult: the card library writes model-index
+    meta = metadata(Card("sdd", ["org/base"], [], ["x"]).render([result]))
+    (entry,) = meta["model-index"][0]["results"]
+    assert entry["dataset"] == {
         "name": "arc_challenge",
         "type": "allenai/ai2_arc",
         "split": "test",
         "config": "ARC-Challenge",
-        "args": {"num_few_shot": 0, "limit": None, "items": 1172},
+        "args": {"num_few_shot": 0, "items": 1172},  # no limit: every item (None is not written)
     }
-    assert result["metrics"] == [{"type": "acc_norm", "value": 30.12, "name": "acc_norm (none)"}]
-    meta = metadata(Card("sdd", ["b"], [], ["x"]).render([result]))
-    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 30.12
+    assert entry["metrics"] == [{"type": "acc_norm", "value": 30.12, "name": "acc_norm (none)"}]
+    assert meta["model-index"][0]["name"] == "sdd" and entry["task"] == {"type": "text-generation"}
+    # a licence the Hub does not know needs a name and a link
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other",
+        "base-model-license",
+        "https://huggingface.co/org/base",
+    )

@@ -112,6 +112,15 @@ def lm_eval_model(
     _import_vllm_backend()
     from lm_eval.models.vllm_causallms import VLLM
 
+    if cfg.vllm.data_parallel_size > 1:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise InputError(
+                f"evaluate.vllm.data_parallel_size={cfg.vllm.data_parallel_size}: lm-eval runs the model copies "
+                "with Ray, which is not installed; pip install -e '.[ray]' (or set data_parallel_size: 1)"
+            )
+
     cpu_runtime(model_dir, dtype, cfg.vllm.max_model_len)
     return VLLM(
         pretrained=str(model_dir),

@@ -1,20 +1,21 @@
-"""Hugging Face model cards (`README.md` with YAML metadata) for the models the pipeline writes.
+"""Hugging Face model cards (`README.md` with YAML metadata) for the models the pipeline writes, built
+and read with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult` (a valid `model-index`).
 
-    card = Card("Pruned SmolLM2", base_model=base_model_id(params), datasets=[], how=["Layers 12-17 removed"])
+    card = Card("Pruned SmolLM2", base_model=["HuggingFaceTB/SmolLM2-135M-Instruct"], datasets=[], how=[...])
     write_card(model_dir, card)          # inside the stage's atomic output folder
 
 The stage that makes a model writes its card (prune, finetune@<arm>, merge@<recipe>): how it was
-made, from the stage's own params and measurements. Evaluation results are not in these cards (the
-evaluation runs later, in other stages); `report` writes publishable cards with `model-index`
-results under `reports/cards/`.
+made, from the stage's own params and measurements, kept as the card's `sdd_how` metadata (and as
+Markdown bullets) so a child's card repeats its parent's lineage without parsing Markdown. Evaluation
+results come later, in other stages: `publish` writes cards with `model-index` results under
+`reports/cards/`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from sdd.config import Params
 from sdd.model.source import BUNDLED, local_dir
@@ -31,30 +32,44 @@ class Card:
     license: str = "other"
     tags: list[str] = field(default_factory=list)
 
-    def metadata(self) -> dict:
-        meta: dict = {"license": self.license, "library_name": "transformers", "pipeline_tag": "text-generation"}
-        if self.base_model:
-            meta["base_model"] = self.base_model[0] if len(self.base_model) == 1 else list(self.base_model)
-        if self.datasets:
-            meta["datasets"] = list(self.datasets)
-        meta["tags"] = [*TAGS, *self.tags]
-        return meta
+    def data(self, results: list[Any] | None = None) -> Any:
+        """The card's metadata (`ModelCardData`); `results` (`EvalResult`s) become its model-index."""
+        from huggingface_hub import ModelCardData
 
-    def render(self, results: list[dict] | None = None, extra: str = "") -> str:
-        """The card text; `results` adds lm-eval-style `model-index` entries (publishable cards),
-        `extra` Markdown after the lineage."""
-        meta = self.metadata()
-        if results:
-            meta["model-index"] = [{"name": self.title, "results": results}]
+        licence: dict[str, Any] = {"license": self.license}
+        if self.license == "other":  # the Hub needs a name and a link for a licence it does not know
+            link = f"https://huggingface.co/{self.base_model[0]}" if self.base_model else "LICENSE"
+            licence |= {"license_name": "base-model-license", "license_link": link}
+        base = self.base_model[0] if len(self.base_model) == 1 else list(self.base_model) or None
+        return ModelCardData(
+            **licence,
+            library_name="transformers",
+            pipeline_tag="text-generation",
+            base_model=base,
+            datasets=list(self.datasets) or None,
+            tags=[*TAGS, *self.tags],
+            model_name=self.title,
+            eval_results=results or None,
+            sdd_how=list(self.how),
+        )
+
+    def metadata(self) -> dict:
+        return self.data().to_dict()
+
+    def render(self, results: list[Any] | None = None, extra: str = "") -> str:
+        """The card text; `results` adds `model-index` entries (publishable cards), `extra` Markdown
+        after the lineage."""
+        from huggingface_hub import ModelCard
+
         licence_note = (
             "\nThe licence is the base model's; check its terms before publishing.\n" if self.license == "other" else ""
         )
         bullets = "\n".join(f"- {line}" for line in self.how)
-        return (
-            f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# {self.title}\n\n"
-            f"Made by the sdd-prune pipeline (layer pruning + recovery, after Thangarasa et al. 2024, "
-            f"arXiv:2410.09982).\n\n## How it was made\n\n{bullets}\n{licence_note}{extra}"
+        body = (
+            f"# {self.title}\n\nMade by the sdd-prune pipeline (layer pruning + recovery, after Thangarasa et al. "
+            f"2024, arXiv:2410.09982).\n\n## How it was made\n\n{bullets}\n{licence_note}{extra}"
         )
+        return str(ModelCard(f"---\n{self.data(results).to_yaml()}\n---\n\n{body}"))
 
 
 def lineage(params: Params) -> tuple[list[str], str]:
@@ -98,28 +113,39 @@ def merge_card(params: Params, name: str, method: str, models: list[str], recipe
     return Card(f"{name}: merge of recovered models", base_ids, [], how, licence, ["merge", "mergekit", method])
 
 
-def model_index(evaluation: dict) -> list[dict]:
-    """Hugging Face `model-index` results from an evaluate@<model> metrics JSON: one entry per task
+def model_index(evaluation: dict) -> list[Any]:
+    """`EvalResult`s (the card's model-index) from an evaluate@<model> metrics JSON: one per task
     (dataset id, config and split from the task's source, shots, the lm-eval metric in %)."""
+    from huggingface_hub import EvalResult
+
     results = []
     for task, t in sorted(evaluation["tasks"].items()):
         parts = t["source"].split(":", 1)[-1].split("/")  # "mirror:allenai/ai2_arc/ARC-Challenge"
-        dataset = {"name": task, "type": "/".join(parts[:2]), "split": t["eval_split"]}
-        dataset |= {"config": parts[2]} if len(parts) > 2 else {}
-        dataset["args"] = {"num_few_shot": t["shots"], "limit": t["limit"], "items": t["n"]}
-        metric = {"type": t["metric"], "value": round(100 * t["score"], 2), "name": f"{t['metric']} ({t['filter']})"}
-        results.append({"task": {"type": "text-generation"}, "dataset": dataset, "metrics": [metric]})
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type="/".join(parts[:2]),
+                dataset_name=task,
+                dataset_config=parts[2] if len(parts) > 2 else None,
+                dataset_split=t["eval_split"],
+                dataset_args={"num_few_shot": t["shots"], "limit": t["limit"], "items": t["n"]},
+                metric_type=t["metric"],
+                metric_value=round(100 * t["score"], 2),
+                metric_name=f"{t['metric']} ({t['filter']})",
+            )
+        )
     return results
 
 
 def how_of(model_dir: Path) -> list[str]:
-    """The "How it was made" bullets of the card in a model folder (empty without one): a
+    """How the model in `model_dir` was made, from its card's metadata (empty without a card): a
     fine-tuned model's card repeats its pruned parent's."""
+    from huggingface_hub import ModelCard
+
     path = Path(model_dir) / "README.md"
-    if not path.is_file() or "## How it was made" not in (text := path.read_text()):
+    if not path.is_file():
         return []
-    section = text.split("## How it was made", 1)[1].split("\n## ", 1)[0]
-    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+    return list(ModelCard.load(path).data.to_dict().get("sdd_how") or [])
 
 
 def write_card(model_dir: Path, card: Card) -> Path:
