@@ -81,6 +81,7 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
         tasks={"arc_challenge": {"shots": 0, "limit": 2}, "winogrande": {"shots": 0, "limit": 2}}, dtype="float32"
     )
     params["evaluate"]["fidelity"].update(max_new_tokens=4)
+    params["evaluate"]["measures"].update(plain_tasks=["winogrande"], plain_rows=2, max_tokens=32)
     for prompts in params["evaluate"]["fidelity"]["prompts"].values():
         prompts["limit"] = 2
     params["report"]["bootstrap"] = 100
@@ -103,30 +104,31 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
     first = run_dvc(repo, "repro", env=env)
     stages = set(re.findall(r"(?m)^(\S+?)\s", run_dvc(repo, "stage", "list", "--name-only", env=env).stdout))
     assert ran(first.stdout) == stages, f"stages that did not run: {stages - ran(first.stdout)}"
+    evaluated = ["base", "pruned", *params["finetune"]["arms"], *params["merge"]["recipes"]]
     report = (repo / "reports/recovery.md").read_text()
-    for model in params["evaluate"]["models"]:
+    for model in evaluated:
         assert f"| `{model}` |" in report, f"no row for {model} in the report"
     headline = yaml.safe_load((repo / "metrics/report/report.headline.json").read_text())
-    assert set(params["evaluate"]["models"]) <= set(headline) and "sdd-sft" in headline
-    assert "acceptance" in headline["pruned"]
+    assert set(evaluated) - {"base"} <= set(headline) and "sdd-sft" in headline
+    assert {"recovery", "kl", "gold_nll"} <= set(headline["sdd"])
     # Every model folder carries the card its own stage wrote; publish adds the evaluation results.
-    for folder in ("pruned", "finetuned/sft", "finetuned/kd", "merged/sdd_merged"):
+    for folder in ("pruned", "finetuned/sft", "finetuned/kd_sdd", "merged/sdd_wise"):
         card = (repo / "data/models" / folder / "README.md").read_text()
         assert card.startswith("---\n") and "pipeline_tag: text-generation" in card and "## How it was made" in card
     assert "Pruned: decoder layers" in (repo / "data/models/finetuned/sft/README.md").read_text()  # the lineage
-    assert "logit distillation" in (repo / "data/models/finetuned/kd/README.md").read_text()
+    assert "logit distillation" in (repo / "data/models/finetuned/kd_sdd/README.md").read_text()
     published = (repo / "reports/cards/sdd.md").read_text()
     assert "model-index:" in published and "num_few_shot: 0" in published and "## Evaluation" in published
 
     # Every params key a stage read (recorded by sdd.config.trace) is one dvc.yaml declares for it.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for keys_file in sorted(trace.glob("*.keys")):
-        stage = keys_file.stem.replace("speculate@--baseline", "speculate_base")
+        stage = keys_file.stem
         declared = set(lock[stage].get("params", {}).get("params.yaml", {}))
         read = set(keys_file.read_text().split())
         missing = sorted(k for k in read if not any(k == d or k.startswith(d + ".") for d in declared))
         assert not missing, f"{stage} reads params {missing} that dvc.yaml does not list for it"
-    assert len(list(trace.glob("*.keys"))) == len(stages)
+    assert {f.stem for f in trace.glob("*.keys")} == stages
 
     always = {"sources"}  # it hashes the outside inputs
     second = run_dvc(repo, "repro", env=env)
@@ -136,7 +138,7 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
     with next((local_mirror / "allenai/winogrande").rglob("*.jsonl")).open("a") as fh:
         fh.write(json.dumps({"sentence": "A _ test.", "option1": "a", "option2": "b", "answer": "1"}) + "\n")
     third = run_dvc(repo, "repro", env=env)
-    evaluations = {f"evaluate@{m}" for m in params["evaluate"]["models"]}
-    # fidelity_reference reads the same fingerprint file (its prompt sources are in it): it reruns and
-    # writes identical continuations.
+    evaluations = {s for s in stages if s.startswith("evaluate")}
+    # fidelity_reference reads the same fingerprint file (its prompt sources and the plain-text rows
+    # of the measures are in it): it reruns and writes identical continuations.
     assert ran(third.stdout) - always == evaluations | {"report", "fidelity_reference", "publish"}, third.stdout
