@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml Makefile
 	if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	@# `dvc plots show` offline: the HTML template .dvc/config names, with the chart libraries inlined.
 	$(BIN)/python -m sdd.plots template .dvc/plots/offline.html
+	@# A headless Chromium draws every default chart in the tests (skipped without one). Installed where
+	@# this can (Debian/Ubuntu as root; CHROMIUM=skip opts out); elsewhere `apt-get install chromium`.
+	if [ "$(CHROMIUM)" != skip ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null \
+	  && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	   || (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null)) \
+	  || echo "chromium not installed: the browser chart check will be skipped" >&2; fi
 	if [ -n "$(SDD_DATA_MIRROR)" ] && [ ! -e data/mirror ]; then ln -s "$(SDD_DATA_MIRROR)" data/mirror; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sdd import plots
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(tmp_path):
+def plots_page(tmp_path: Path) -> Path:
+    """`dvc plots show` of the repository's committed plots, written with the offline template."""
     template = tmp_path / "offline.html"
     subprocess.run([sys.executable, "-m", "sdd.plots", "template", str(template)], check=True, cwd=REPO)
     out = tmp_path / "plots"
@@ -23,7 +26,11 @@ def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(tmp_pa
         cwd=REPO,
         capture_output=True,
     )
-    page = (out / "index.html").read_text(encoding="utf-8")
+    return out / "index.html"
+
+
+def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(tmp_path):
+    page = plots_page(tmp_path).read_text(encoding="utf-8")
     assert plots.network_urls(page) == []
     assert "cdn.jsdelivr" not in page and not re.search(r"<script[^>]+src=", page)
     assert "window.vegaEmbed=" in page and page.count("vegaEmbed('#") >= 3  # the libraries, then each chart
@@ -67,3 +74,33 @@ def test_svg_draws_one_mark_per_model_offline():
     assert svg.startswith("<svg")
     bars = re.findall(r'aria-roledescription="bar"', svg)
     assert len(bars) == 3 and all(f">{m}<" in svg for m in ("pruned", "sft", "sdd"))
+
+
+def chromium() -> str:
+    found = plots.browser()
+    if found is None:  # `make` set-up installs it where it can (apt-get as root)
+        pytest.skip("no Chromium on PATH: apt-get install chromium")
+    return found
+
+
+def test_every_default_chart_draws_in_a_headless_browser(tmp_path):
+    page = plots_page(tmp_path)
+    result = plots.check_page(page, chromium())
+    divs = re.findall(r'<div id = "([^"]+)">', page.read_text(encoding="utf-8"))
+    assert len(divs) >= 7 and sorted(c["chart"] for c in result["charts"]) == sorted(divs)
+    assert result["errors"] == []
+    for chart in result["charts"]:
+        assert chart["error"] is None and chart["marks"] > 10 and chart["rows"] > 0, chart
+
+
+def test_the_browser_check_catches_a_chart_that_fails(tmp_path):
+    page = plots_page(tmp_path)
+    html = page.read_text(encoding="utf-8")
+    first = re.search(r'<div id = "([^"]+)">', html)
+    assert first
+    at = first.end()
+    broken = html[:at] + html[at:].replace('"mark":', '"mark": "no_such_mark", "unused":', 1)
+    page.write_text(broken, encoding="utf-8")
+    charts = {c["chart"]: c for c in plots.check_page(page, chromium())["charts"]}
+    assert charts[first.group(1)]["error"] and charts[first.group(1)]["marks"] == 0
+    assert all(c["error"] is None for name, c in charts.items() if name != first.group(1))
