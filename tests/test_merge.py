@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 from safetensors.torch import load_file
 
 from sdd.config.merge import MergeRecipe
+from sdd.config.params import Params
 from sdd.model import merging
 from sdd.model.checkpoint import load_model
 
@@ -137,22 +138,52 @@ def test_mismatched_shapes_fail_naming_the_key(tmp_path, pair):
 @pytest.mark.parametrize(
     "recipe, message",
     [
-        ({"method": "slerp", "models": ["finetuned/a"]}, "at least 2 items"),
+        ({"method": "slerp", "models": ["finetuned/a"]}, "exactly 2 models, got 1"),
         ({"models": ["finetuned/a", "finetuned/b"], "method": "slurp"}, "did you mean 'slerp'"),
         ({"models": ["finetuned/a", "finetuned/b"]}, "a recipe needs `method`"),
         ({"method": "slerp", "models": ["finetuned/a", "finetuned/b"], "t": 1.5}, r"t=1.5 is outside \[0, 1\]"),
-        ({"method": "slerp", "models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "slerp merges exactly 2 models"),
+        ({"method": "linear", "models": ["finetuned/a", "finetuned/b", "finetuned/c"]}, "merge more as a chain"),
         ({"method": "ties", "models": ["finetuned/a", "finetuned/b"]}, r"ties\.base\n  Field required"),
         ({"method": "linear", "models": ["finetuned/a", "finetuned/b"], "weight": [1.0]}, "1 values for 2 models"),
         ({"method": "slerp", "models": ["finetuned/a", "finetuned/b"], "density": 0.5}, "Extra inputs"),
-        ({"method": "slerp", "models": ["finetuned/a", "merged/x"]}, r"\['merged/x'\] are not under"),
-        ({"method": "ties", "models": ["finetuned/a", "finetuned/b"], "base": "base"}, r"\['base'\] are not under"),
+        ({"method": "ties", "models": ["finetuned/a", "finetuned/b"], "base": "finetuned/c"}, "must be one of"),
         ({"method": "slerp", "models": ["finetuned/a", "finetuned/a"]}, "lists 'finetuned/a' twice"),
     ],
 )
 def test_bad_recipes_fail_at_params_time(recipe, message):
     with pytest.raises(ValueError, match=message):
         RECIPE.validate_python(recipe)
+
+
+@pytest.mark.parametrize(
+    "recipes, message",
+    [
+        ({"m": {"method": "slerp", "models": ["pruned", "elsewhere/x"]}}, "a merge input is base, pruned"),
+        ({"m": {"method": "slerp", "models": ["pruned", "merged/nope"]}}, "merge.recipes has no 'nope'"),
+        (
+            {
+                "a": {"method": "slerp", "models": ["pruned", "merged/b"]},
+                "b": {"method": "slerp", "models": ["pruned", "merged/a"]},
+            },
+            "a -> b -> a is a cycle",
+        ),
+    ],
+)
+def test_merge_inputs_are_models_a_stage_writes(recipes, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["merge"]["recipes"] = recipes
+    params["speculate"]["skip"] = params["evaluate"]["skip"] = []
+    with pytest.raises(ValueError, match=message):
+        Params.model_validate(params)
+
+
+def test_a_chain_of_merges_is_accepted():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["merge"]["recipes"] = {
+        "ab": {"method": "slerp", "models": ["finetuned/sft", "finetuned/sdd"]},
+        "abc": {"method": "ties", "models": ["merged/ab", "finetuned/kd_sdd"], "base": "pruned"},
+    }
+    assert Params.model_validate(params).merge.recipes["abc"].inputs() == ["merged/ab", "finetuned/kd_sdd", "pruned"]
 
 
 @pytest.mark.slow

@@ -1,10 +1,16 @@
 """`merge`: mergekit recipes, one merge@<name> stage each (output `<paths.models>/merged/<name>`).
 
-A recipe is one of three shapes, chosen by `method` (as mergekit's own config is):
-- `slerp`: exactly 2 models and `t` in [0, 1] (0 = the first model, 1 = the second);
-- `linear`: 2+ models, optional `weight` per model, `normalize`;
-- `ties`: 2+ models, `base` (their common ancestor, e.g. pruned), `density` in (0, 1] and optional
-  `weight` (one value or one per model), `normalize`.
+A recipe merges two models, in one of three shapes chosen by `method` (as mergekit's own config is):
+- `slerp`: `t` in [0, 1] (0 = the first model, 1 = the second);
+- `linear`: optional `weight` per model, `normalize`;
+- `ties`: `base` (their common ancestor: pruned, base or one of the two), `density` in (0, 1] and
+  optional `weight` (one value or one per model), `normalize`.
+A model is a folder under paths.models that a stage writes: base, pruned, finetuned/<arm> or
+merged/<another recipe>, so more than two models merge as a chain of recipes.
+
+Exactly two: dvc.yaml declares the two folders (`${item.models.0}`, `${item.models.1}`, plus base
+and pruned) as the merge's deps, so a new arm reruns no merge that does not read it; a list of any
+length cannot be templated into deps.
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from sdd.config.base import Dtype, Section
 from sdd.errors import check_names, did_you_mean
 
-# The model folders (under paths.models) that dvc.yaml declares as deps of merge@<recipe>.
-MERGE_INPUT_ROOTS = ("finetuned", "pruned")
+# Folders every merge@<recipe> declares as deps besides its two models (a ties base is one of these).
+ALWAYS_DECLARED = ("base", "pruned")
+
+
+def _two(value: Any) -> Any:
+    if isinstance(value, list) and len(value) != 2:
+        raise ValueError(
+            f"a recipe merges exactly 2 models, got {len(value)}; merge more as a chain: a recipe's "
+            "input may be merged/<another recipe>"
+        )
+    return value
 
 
 class _Recipe(Section):
-    models: list[str] = Field(min_length=2)
+    models: Annotated[list[str], BeforeValidator(_two)]
     control: str | None = None  # the model this merge is compared with in the report (e.g. one of its inputs)
 
     def inputs(self) -> list[str]:
@@ -39,12 +54,6 @@ class _Recipe(Section):
         twice = sorted({m for m in self.models if self.models.count(m) > 1})
         if twice:
             raise ValueError(f"models lists {twice[0]!r} twice; to weight a model more, use linear with `weight`")
-        outside = [m for m in self.inputs() if m.split("/")[0] not in MERGE_INPUT_ROOTS]
-        if outside:
-            raise ValueError(
-                f"{outside} are not under {list(MERGE_INPUT_ROOTS)} (dirs under paths.models); "
-                f"dvc.yaml tracks only those as merge inputs, so a change elsewhere would not rerun the merge"
-            )
         return self
 
 
@@ -59,13 +68,6 @@ class SlerpRecipe(_Recipe):
     def _t(cls, value: float) -> float:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"slerp t={value} is outside [0, 1]; t=0 gives the first model, t=1 the second")
-        return value
-
-    @field_validator("models")
-    @classmethod
-    def _two(cls, value: list[str]) -> list[str]:
-        if len(value) != 2:
-            raise ValueError(f"slerp merges exactly 2 models, got {len(value)}; use linear or ties for more")
         return value
 
 
@@ -96,6 +98,11 @@ class TiesRecipe(_Recipe):
 
     @model_validator(mode="after")
     def _values(self) -> TiesRecipe:
+        if self.base not in (*ALWAYS_DECLARED, *self.models):
+            raise ValueError(
+                f"ties base {self.base!r} must be one of {[*ALWAYS_DECLARED, *self.models]}: the folders "
+                "dvc.yaml declares as this merge's deps (the common ancestor is usually pruned)"
+            )
         self.per_model(self.weight, "weight")
         self.per_model(self.density, "density")
         densities = self.density if isinstance(self.density, list) else [self.density]

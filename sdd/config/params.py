@@ -178,6 +178,14 @@ class Params(Section):
             "merged": ("merge.recipes", self.merge.recipes),
         }
         named = [(f"merge.recipes.{r}", m) for r, recipe in self.merge.recipes.items() for m in recipe.inputs()]
+        for key, model in named:
+            if model not in ("base", "pruned") and model.partition("/")[0] not in producers:
+                return (
+                    f"{key} names {model!r}: a merge input is base, pruned, finetuned/<arm> or "
+                    "merged/<recipe> (a folder under paths.models that a stage writes)"
+                )
+        if cycle := _merge_cycle({r: recipe.inputs() for r, recipe in self.merge.recipes.items()}):
+            return f"merge.recipes: {' -> '.join(cycle)} is a cycle; a merge cannot read its own output"
         named += [(f"speculate.drafts.{d}", m) for d, m in self.speculate.drafts.items()]
         named += [(f"evaluate.models.{d}", m) for d, m in self.evaluate.models.items()]
         for key, model in named:
@@ -232,3 +240,18 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
         return traced(Params.model_validate(raw))
     except ValidationError as err:
         raise InputError(format_validation_errors(path, err, Params)) from None
+
+
+def _merge_cycle(inputs: dict[str, list[str]]) -> list[str] | None:
+    """A chain of recipes that reads its own output (merged/a -> merged/b -> merged/a), or None."""
+
+    def walk(recipe: str, path: list[str]) -> list[str] | None:
+        if recipe in path:
+            return [*path[path.index(recipe) :], recipe]
+        for model in inputs.get(recipe, []):
+            root, _, name = model.partition("/")
+            if root == "merged" and (found := walk(name, [*path, recipe])):
+                return found
+        return None
+
+    return next((found for recipe in inputs if (found := walk(recipe, []))), None)
