@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sdd.errors import InputError
+
 LICENCES = """Bundled by vl-convert-python {version} (BSD-3-Clause, Copyright (c) 2021-2024 Jon Mease):
 Vega, Vega-Lite and Vega-Embed, BSD-3-Clause, Copyright (c) 2015-2024 University of Washington
 Interactive Data Lab (https://github.com/vega), and their dependencies under their own licences
@@ -126,7 +128,10 @@ def check_page(page: Path, executable: str, timeout: float = 120) -> dict:
     html = page.read_text(encoding="utf-8")
     at = html.find("</script>", html.find("window.vegaEmbed"))
     if at < 0:
-        raise ValueError(f"{page}: no inlined vegaEmbed (was it written with the offline template?)")
+        raise InputError(
+            f"{page}: no inlined vegaEmbed; write it with the offline template: "
+            "dvc plots show --html-template .dvc/plots/offline.html"
+        )
     at += len("</script>")
     with tempfile.TemporaryDirectory() as tmp:
         probed = Path(tmp) / "page.html"

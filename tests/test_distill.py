@@ -21,6 +21,7 @@ from sdd.artifacts import read_parquet, to_frame, write_parquet
 from sdd.config import load_params
 from sdd.data.prompts import GENERAL, MATH_GSM8K, build_messages, fingerprint, render, template_for
 from sdd.data.schemas import DISTILLED, PREPARED
+from sdd.errors import InputError
 from sdd.generate import parallel
 from sdd.generate.engines import seeded_sampling_settings
 
@@ -373,7 +374,7 @@ def test_worker_env_gives_each_engine_its_gpus_or_its_cores():
     assert parallel.worker_shard({}) is None and parallel.worker_shard({parallel.WORKER: "1/2"}) == (1, 2)
     gpus = ["4", "5", "6", "7"]
     assert parallel.worker_env(1, 2, 2, gpus, [])["CUDA_VISIBLE_DEVICES"] == "6,7"
-    with pytest.raises(ValueError, match="data_parallel_size 2 x tensor_parallel_size 4 needs 8 GPUs but 4"):
+    with pytest.raises(InputError, match="data_parallel_size 2 x tensor_parallel_size 4 needs 8 GPUs but 4"):
         parallel.worker_env(0, 2, 4, gpus, [])
     cpu = [parallel.worker_env(r, 2, 1, [], [0, 1, 2, 3]) for r in range(2)]
     assert [e["VLLM_CPU_OMP_THREADS_BIND"] for e in cpu] == ["0,1", "2,3"] and cpu[1]["OMP_NUM_THREADS"] == "2"

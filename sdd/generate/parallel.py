@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sdd.cache import PieceStore
 from sdd.config.distill import DistillParams
+from sdd.errors import InputError
 from sdd.generate.distill import Rewrites, combine, generate_rewrites
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def worker_env(rank: int, size: int, tensor_parallel: int, gpus: list[str], core
     env = {WORKER: f"{rank}/{size}"}
     if gpus:
         if size * tensor_parallel > len(gpus):
-            raise ValueError(
+            raise InputError(
                 f"distill.engine_args: data_parallel_size {size} x tensor_parallel_size {tensor_parallel} needs "
                 f"{size * tensor_parallel} GPUs but {len(gpus)} are visible; lower one of them"
             )
