@@ -106,10 +106,13 @@ def write_mirror(root: Path) -> Path:
 def params(models: dict, compare: list) -> dict:
     """The repository's params.yaml (other sections stay valid) with tiny evaluate/report sections."""
     one = {"shots": 1, "limit": LIMIT}
+    repo = yaml.safe_load((REPO / "params.yaml").read_text())
     return {
-        **yaml.safe_load((REPO / "params.yaml").read_text()),
+        **repo,
         "evaluate": {
             "models": models,
+            # every arm and merge is evaluated by default: here only `models` are
+            "skip": [*repo["finetune"]["arms"], *repo["merge"]["recipes"]],
             "tasks": {
                 "arc_challenge": one,
                 "hellaswag": one,

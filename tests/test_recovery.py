@@ -282,7 +282,7 @@ def test_report_compares_over_the_above_chance_tasks_too():
         samples["a"].query("task == 'arc_challenge'")["score"].mean()
     )
     text = markdown.markdown(summary)
-    assert "above chance on (arc_challenge)" in text and "| `a-b` | a; b |" in text
+    assert "above chance on (arc_challenge)" in text and "| `a` − `b` | a; b |" in text
     assert report.headline(summary)["a-b"]["difference"] == pytest.approx(arc, abs=1e-4)  # the above-chance one
 
 
@@ -390,7 +390,7 @@ def test_report_pairs_seed_averaged_replicates_and_their_fidelity():
     }
     assert pair["verdict"]["claim"] == "a > b" and pair["verdict"]["scope"] == "above_chance"
     assert pair["above_chance"]["seeds"] == [2, 2]
-    row = next(line for line in markdown.comparison_table(summary["comparisons"]) if line.startswith("| `a-b`"))
+    row = next(line for line in markdown.comparison_table(summary["comparisons"]) if line.startswith("| `a` − `b`"))
     assert "| a, a_s1; b, b_s1 |" in row and row.endswith("| a > b | no CI |"), row
     assert f"{100 * pair['difference']:+.2f} [" in row and f"{pair['fidelity']['kl']['difference']:+.4f} [" in row
 

@@ -109,7 +109,7 @@ def test_a_study_report_is_rendered_from_its_folder_and_verify_catches_any_chang
     synthetic_study(folder)
     study.write_report(folder, folder.with_suffix(".md"))
     text = folder.with_suffix(".md").read_text()
-    assert text.startswith("# A synthetic study") and "| `sft-pruned` | sft, sft_seed1; pruned |" in text
+    assert text.startswith("# A synthetic study") and "| `sft` − `pruned` | sft, sft_seed1; pruned |" in text
     assert (folder / "recovery.svg").is_file() and (folder / "kl.svg").is_file()
     assert study.main(["verify", str(folder)]) == 0
     folder.with_suffix(".md").write_text(text.replace("A synthetic study", "A synthetic studie"))

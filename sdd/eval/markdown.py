@@ -142,9 +142,10 @@ def comparison_table(comparisons: dict) -> list[str]:
     head = ["a − b", "seeds (a; b)", "Δ average", "Δ above-chance average", "Δ margin", "Δ KL (chat)"]
     head += [f"Δ {MEASURE_TITLES[m]}" for m in MEASURE_TITLES] + ["verdict (accuracy)", "verdict (margin)"]
     rows = []
-    for pair, c in comparisons.items():
+    for c in comparisons.values():
         fid, held, v = c.get("fidelity", {}), c.get("measures", {}), c["verdict"]
-        cells = [f"`{pair}`", f"{', '.join(c['seeds']['a'])}; {', '.join(c['seeds']['b'])}"]
+        a, b = c["seeds"]["a"], c["seeds"]["b"]  # each side's first name is the model, then its replicates
+        cells = [f"`{a[0]}` − `{b[0]}`", f"{', '.join(a)}; {', '.join(b)}"]
         cells += [
             diff_ci(c),
             diff_ci(c.get("above_chance")),
