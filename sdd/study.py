@@ -316,7 +316,12 @@ def write_report(folder: Path, out: Path) -> None:
 
 
 def verify(folder: Path) -> int:
-    """0 when the committed report equals the one rendered again from the folder's data, else 1."""
+    """0 when the committed report equals the one rendered again from the folder's data, else 1 (a
+    recipe search's folder, with `search.json`, is checked by sdd.search)."""
+    if (folder / "search.json").is_file():
+        from sdd import search
+
+        return search.verify(folder)
     committed = folder.with_suffix(".md").read_text(encoding="utf-8")
     text, _ = render(folder)
     if text == committed:

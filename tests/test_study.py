@@ -125,9 +125,11 @@ def test_a_study_report_is_rendered_from_its_folder_and_verify_catches_any_chang
 STUDIES = sorted((REPO / "reports" / "studies").glob("*.md"))
 
 
-@pytest.mark.parametrize(
-    "report", [p for p in STUDIES if (p.with_suffix("") / "run.json").is_file()], ids=lambda p: p.stem
-)
+def has_data(report: Path) -> bool:
+    return any((report.with_suffix("") / f).is_file() for f in ("run.json", "search.json"))
+
+
+@pytest.mark.parametrize("report", [p for p in STUDIES if has_data(p)], ids=lambda p: p.stem)
 def test_every_committed_study_is_what_its_committed_data_gives(report):
     assert study.main(["verify", str(report.with_suffix(""))]) == 0
 
@@ -135,5 +137,64 @@ def test_every_committed_study_is_what_its_committed_data_gives(report):
 def test_a_study_without_its_data_says_it_cannot_be_rechecked():
     assert any((p.with_suffix("") / "run.json").is_file() for p in STUDIES), "no study with committed data"
     for report in STUDIES:
-        if not (report.with_suffix("") / "run.json").is_file():
+        if not has_data(report):
             assert "cannot be recomputed" in report.read_text(), report
+
+
+def _comparison(difference: float, low: float, high: float) -> dict:
+    return {"difference": difference, "ci_low": low, "ci_high": high}
+
+
+def test_a_recipe_search_is_written_from_its_experiment_refs_and_verified(tmp_path, monkeypatch):
+    """Two search points as DVC stores them (a commit per experiment under refs/exps, its parent the
+    baseline): the table shows what differs between them and each difference with its CI; an edited
+    figure in search.json fails verify."""
+    import subprocess
+
+    import yaml
+
+    from sdd import search
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text("x: 1\n")
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "baseline"], cwd=repo, check=True)
+    for name, lr, margin in (("search-a", 2e-4, (-0.01, -0.02, -0.005)), ("search-b", 2e-5, (0.004, 0.001, 0.007))):
+        params = {"finetune": {"arms": {"search": {"data": {"gsm8k": "original"}}}, "learning_rate": lr, "epochs": 1}}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params) + "report: {start: pruned}\n")
+        comparison = {
+            "above_chance": _comparison(-0.004, -0.02, 0.012),
+            "margin": _comparison(*margin),
+            "measures": {"gold_nll": _comparison(-0.1, -0.12, -0.08), "plain_kl": _comparison(0.01, 0.005, 0.02)},
+            "fidelity": {"kl": _comparison(-0.05, -0.06, -0.04)},
+        }
+        for folder in ("report", "finetune"):
+            (repo / "metrics" / folder).mkdir(parents=True, exist_ok=True)
+        models = {"search": {"recovery_above_chance": 0.93}, "pruned": {"recovery_above_chance": 0.95}}
+        (repo / "metrics/report/report.json").write_text(
+            json.dumps({"comparisons": {"search-pruned": comparison}, "models": models})
+        )
+        (repo / "metrics/finetune/search.json").write_text(json.dumps({"val_original_loss": 1.25, "steps": 38}))
+        subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+        subprocess.run(git + ["commit", "-qm", name], cwd=repo, check=True)
+        subprocess.run(["git", "update-ref", f"refs/exps/ab/cdef/{name}", "HEAD"], cwd=repo, check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=repo, check=True)
+    (repo / "preset.yaml").write_text("finetune: {epochs: 1}\n")
+    monkeypatch.chdir(repo)
+    out = repo / "reports/search.md"
+    out.parent.mkdir()
+    args = ["write", "--exp", "search-a", "--exp", "search-b", "--out", str(out), "--preset", "preset.yaml"]
+    assert search.main([*args, "--command", "dvc exp run ...", "--title", "A search"]) == 0
+    text = out.read_text()
+    assert "| point | `learning_rate` |" in text  # only the key that differs is a column
+    assert "| `search-a` | 0.0002 | -0.40 [-2.00, +1.20] | -0.010 [-0.020, -0.005] ✗ |" in text
+    assert "| `search-b` | 2e-05 | -0.40 [-2.00, +1.20] | +0.004 [+0.001, +0.007] ✓ |" in text
+    assert "-0.1000 [-0.1200, -0.0800] ✓ | +0.0100 [+0.0050, +0.0200] ✗" in text and "93.0% (95.0%)" in text
+    assert study.main(["verify", str(out.with_suffix(""))]) == 0
+    data = json.loads((out.with_suffix("") / "search.json").read_text())
+    data["points"][1]["comparison"]["margin"]["difference"] = 0.005
+    (out.with_suffix("") / "search.json").write_text(json.dumps(data))
+    assert study.main(["verify", str(out.with_suffix(""))]) == 1
