@@ -17,7 +17,6 @@ pull` from the team's remote); the figures here are those of the experiments' re
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import subprocess
 import sys
@@ -148,15 +147,10 @@ def render(data: dict) -> str:
 
 
 def verify(folder: Path) -> int:
-    committed = folder.with_suffix(".md").read_text(encoding="utf-8")
+    from sdd.study import check_rendered
+
     text = render(json.loads((folder / "search.json").read_text(encoding="utf-8")))
-    if text == committed:
-        print(f"{folder.with_suffix('.md')}: every figure matches {folder}/search.json")
-        return 0
-    diff = difflib.unified_diff(committed.splitlines(), text.splitlines(), "committed", "recomputed", lineterm="")
-    print("\n".join(diff))
-    print(f"{folder.with_suffix('.md')} differs from what its data gives", file=sys.stderr)
-    return 1
+    return check_rendered(folder.with_suffix(".md"), text, f"{folder}/search.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -315,22 +315,26 @@ def write_report(folder: Path, out: Path) -> None:
     out.write_text(text, encoding="utf-8")
 
 
+def check_rendered(report: Path, text: str, source: str) -> int:
+    """0 when the committed `report` equals `text` (rendered again from `source`), else 1 with the diff."""
+    committed = report.read_text(encoding="utf-8")
+    if text == committed:
+        print(f"{report}: every figure recomputed from {source} matches")
+        return 0
+    diff = difflib.unified_diff(committed.splitlines(), text.splitlines(), "committed", "recomputed", lineterm="")
+    print("\n".join(diff))
+    print(f"{report} differs from what its data gives", file=sys.stderr)
+    return 1
+
+
 def verify(folder: Path) -> int:
     """0 when the committed report equals the one rendered again from the folder's data, else 1 (a
-    recipe search's folder, with `search.json`, is checked by sdd.search)."""
+    recipe search's folder, with `search.json`, is rendered by sdd.search)."""
     if (folder / "search.json").is_file():
         from sdd import search
 
         return search.verify(folder)
-    committed = folder.with_suffix(".md").read_text(encoding="utf-8")
-    text, _ = render(folder)
-    if text == committed:
-        print(f"{folder.with_suffix('.md')}: every figure recomputed from {folder}/ matches")
-        return 0
-    diff = difflib.unified_diff(committed.splitlines(), text.splitlines(), "committed", "recomputed", lineterm="")
-    print("\n".join(diff))
-    print(f"{folder.with_suffix('.md')} differs from what its data gives", file=sys.stderr)
-    return 1
+    return check_rendered(folder.with_suffix(".md"), render(folder)[0], f"{folder}/")
 
 
 def main(argv: list[str] | None = None) -> int:
