@@ -7,7 +7,8 @@ becomes one `-S dotted.key=value` flag (values as compact JSON, which YAML reads
 experiment records exactly what the preset changed and params.yaml itself stays untouched.
 A key params.yaml does not have (a new arm) becomes `-S +key=value` (DVC's Hydra syntax adds it
 only with `+`), and the preset's top-level `_delete: [dotted.key, ...]` becomes `-S ~key` (removes
-an entry, e.g. an arm the preset does not train).
+an entry, e.g. an arm the preset does not train). A preset may build on another one: `_on: other.yaml`
+(a file beside it) is applied first, then this preset's keys over it (its `_delete` entries too).
 """
 
 from __future__ import annotations
@@ -70,6 +71,30 @@ def apply_preset(params: dict, preset: dict) -> dict:
     return out
 
 
+def _deep_merge(into: dict, changes: dict) -> dict:
+    out = dict(into)
+    for key, value in changes.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A preset file as one dict: the preset it is `_on` first (recursively), then its own keys."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: `_on` makes a cycle: {' -> '.join(str(p) for p in (*seen, path.resolve()))}")
+    preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base_name = preset.pop("_on", None)
+    if base_name is None:
+        return preset
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise ValueError(f"{path}: `_on: {base_name}` names no file beside it")
+    base = load_preset(base_path, (*seen, path.resolve()))
+    deletes = [*base.pop("_delete", []), *preset.pop("_delete", [])]
+    merged = _deep_merge(base, preset)
+    return {"_delete": deletes, **merged} if deletes else merged
+
+
 USAGE = """usage: python -m sdd.presets <preset.yaml> [--run DVC_EXP_RUN_ARGS...]
   prints the `dvc exp run` flags (for $(...)), or with --run starts `dvc exp run <flags> DVC_EXP_RUN_ARGS`
   itself (needed when a value has spaces, e.g. launch prefixes). Run it in the project root."""
@@ -81,7 +106,10 @@ def main(argv: list[str]) -> None:
     path = Path(argv[0])
     if not path.is_file():
         sys.exit(f"{path} not found; presets live in presets/")
-    preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        preset = load_preset(path)
+    except ValueError as err:
+        sys.exit(str(err))
     params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")) if Path("params.yaml").is_file() else None
     if params is not None:  # the preset must give valid params before any stage starts
         from sdd.config.params import Params

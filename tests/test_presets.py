@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sdd.config.params import Params
-from sdd.presets import apply_preset, flags
+from sdd.presets import apply_preset, flags, load_preset
 
 from conftest import REPO, copy_repo, run_dvc
 
@@ -21,7 +21,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
 def preset(name: str) -> dict:
-    return yaml.safe_load((REPO / "presets" / name).read_text())
+    return load_preset(REPO / "presets" / name)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "presets").glob("*.yaml")))
@@ -118,3 +118,19 @@ def test_paper_preset_runs_every_stage_under_its_launch_prefixes(tmp_path):
     assert stages == set(listed) and "distill@openmath" in stages and "teacher_logits_distilled@dolly" in stages
     assert "> srun --partition=gpu --nodes=1 --gres=gpu:8 --time=48:00:00 -- python -m stages.finetune sdd" in out
     assert "> python -m stages.report" in out  # cheap stages run where dvc runs
+
+
+def test_a_preset_on_another_applies_the_base_first_then_its_own_keys(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "_delete: [finetune.arms.sdd]\nfinetune:\n  learning_rate: 2.0e-4\n  arms:\n    a: {data: {gsm8k: original}}\n"
+    )
+    (tmp_path / "top.yaml").write_text(
+        "_on: base.yaml\n_delete: [merge.recipes.sdd_wise]\nfinetune:\n  learning_rate: 6.0e-5\n"
+        "  arms:\n    a_seed1: {data: {gsm8k: original}, seed: 1}\n"
+    )
+    merged = load_preset(tmp_path / "top.yaml")
+    assert merged["_delete"] == ["finetune.arms.sdd", "merge.recipes.sdd_wise"]
+    assert merged["finetune"]["learning_rate"] == 6.0e-5 and set(merged["finetune"]["arms"]) == {"a", "a_seed1"}
+    (tmp_path / "loop.yaml").write_text("_on: loop.yaml\n")
+    with pytest.raises(ValueError, match="makes a cycle"):
+        load_preset(tmp_path / "loop.yaml")
