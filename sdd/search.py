@@ -80,7 +80,7 @@ def point(name: str) -> dict:
     )
     return {
         "name": name,
-        "commit": _git("rev-parse", f"{ref}^").strip(),
+        "commit": _git("merge-base", ref, "HEAD").strip(),  # the code: where the experiment left this branch
         "finetune": _flat(params["finetune"]),
         "comparison": report["comparisons"][f"{arm}-{start}"],
         "models": {"arm": report["models"][arm], "start": report["models"][start]},
@@ -112,15 +112,13 @@ def render(data: dict) -> str:
     points = data["points"]
     keys = recipe_keys(points)
     head = ["point", *[f"`{k.removeprefix('finetune.')}`" for k in keys], *[c[0] for c in COLUMNS]]
-    head += ["val loss (original)", "recovery above chance (pruned)"]
+    head += ["recovery above chance (pruned)"]  # (val losses are left out: a kd arm's is its KD objective)
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
         cells = [f"`{p['name']}`", *[f"{p['finetune'].get(k)}" for k in keys]]
         for _, where, scale, digits, better in COLUMNS:
             c = _get(p["comparison"], where)
             cells.append(diff_ci(c, scale, digits) + _excludes_zero(c, better))
-        loss = p["training"].get("val_original_loss")
-        cells.append("n/a" if loss is None else f"{loss:.4f}")
         arm, start = p["models"]["arm"], p["models"]["start"]
         cells.append(f"{pct(arm.get('recovery_above_chance'))} ({pct(start.get('recovery_above_chance'))})")
         rows.append("| " + " | ".join(cells) + " |")

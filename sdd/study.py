@@ -260,8 +260,8 @@ def budgets(run: dict) -> list[str]:
         [f"`{a}`", str(v["train_rows"]), str(v["distilled_rows"]), pct(v["share"])] for a, v in share["arms"].items()
     ]
     train = [
-        [f"`{a}`", *(f"{v:,}" if isinstance(v, int) else str(v) for v in f.values())]
-        for a, f in run["training"].items()
+        [f"`{a}`", *(f"{v:,}" if isinstance(v, int) else str(v) for v in (f.get(k) for k in TRAINING))]
+        for a, f in run["training"].items()  # in TRAINING's order: run.json stores its keys sorted
     ]
     head = [
         "arm",

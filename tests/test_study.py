@@ -192,7 +192,8 @@ def test_a_recipe_search_is_written_from_its_experiment_refs_and_verified(tmp_pa
     assert "| point | `learning_rate` |" in text  # only the key that differs is a column
     assert "| `search-a` | 0.0002 | -0.40 [-2.00, +1.20] | -0.010 [-0.020, -0.005] ✗ |" in text
     assert "| `search-b` | 2e-05 | -0.40 [-2.00, +1.20] | +0.004 [+0.001, +0.007] ✓ |" in text
-    assert "-0.1000 [-0.1200, -0.0800] ✓ | +0.0100 [+0.0050, +0.0200] ✗" in text and "93.0% (95.0%)" in text
+    assert "-0.1000 [-0.1200, -0.0800] ✓ | +0.0100 [+0.0050, +0.0200] ✗ | -0.0500 [-0.0600, -0.0400] ✓ |" in text
+    assert text.count("| 93.0% (95.0%) |") == 2
     assert study.main(["verify", str(out.with_suffix(""))]) == 0
     data = json.loads((out.with_suffix("") / "search.json").read_text())
     data["points"][1]["comparison"]["margin"]["difference"] = 0.005

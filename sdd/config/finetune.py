@@ -80,7 +80,7 @@ class FinetuneParams(Section):
     lora: LoraParams = LoraParams()
     last_layers: LastLayersParams = LastLayersParams()
     kd: KDParams = KDParams()
-    rendering: Literal["chat", "plain"] = "chat"  # chat template, or plain text (sdd/data/examples.py)
+    rendering: Literal["chat", "plain"] = "plain"  # plain text or the chat template (sdd/data/examples.py)
     max_seq_len: int = Field(default=512, gt=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     batching: Literal["padding_free", "padded"] = "padding_free"
