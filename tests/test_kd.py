@@ -47,12 +47,13 @@ def project(tmp_path, monkeypatch):
 
 
 def test_artifact_matches_a_direct_forward(project):
-    paths = load_params().paths
+    params = load_params()
+    paths = params.paths
     store = teacher.TeacherStore.open(paths.teacher_dir("gsm8k", "distilled"), "teacher_logits_distilled@gsm8k")
     assert store.top_k == 8 and len(store.manifest["shards"]) == 3  # 12 rows, 5 per shard
     model, tok = load_model(paths.model_dir("base"))
     rows = dataset_rows(paths, "gsm8k", "distilled")
-    examples = encode_rows(rows, tok, max_seq_len=10_000, overlong="truncate")[0]
+    examples = encode_rows(rows, tok, 10_000, "truncate", params.finetune.rendering)[0]  # as the stage renders them
     assert [r for s in store.manifest["shards"] for r in s["ids"]] == [e["id"] for e in examples]
     for ex in examples:
         with torch.no_grad():  # one example alone, full vocabulary: no packing, no logits_to_keep
@@ -136,7 +137,7 @@ def held_out_kl(paths, model_dir: Path) -> float:
     model, _ = load_model(model_dir)
     _, val, _ = read_arm(paths, {"gsm8k": "original", "alpaca": "original"}, 0.1, seed=0)
     kls = []
-    for ex in encode_rows(val, tok, 128, "truncate")[0]:
+    for ex in encode_rows(val, tok, 128, "truncate", load_params().finetune.rendering)[0]:  # as the arms trained
         ids, positions = torch.tensor([ex["input_ids"]]), teacher.response_positions(ex["labels"])
         with torch.no_grad():
             kls.append(kl_per_token(base(ids).logits[0, positions], model(ids).logits[0, positions]))
