@@ -95,9 +95,10 @@ def recipe_keys(points: list[dict]) -> list[str]:
 
 
 def _get(c: dict, where: tuple[str, ...]) -> dict | None:
+    out: dict | None = c
     for key in where:
-        c = (c or {}).get(key)
-    return c
+        out = (out or {}).get(key)
+    return out
 
 
 def _excludes_zero(c: dict | None, better: str) -> str:
