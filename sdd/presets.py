@@ -45,6 +45,17 @@ def flags(preset: dict, prefix: str = "", params: dict | None = None, spaces_ok:
     return out
 
 
+def _deep_merge(into: dict, changes: dict) -> dict:
+    """`into` with `changes` over it: nested maps merged key by key, anything else (an empty map too) replaced."""
+    import copy
+
+    out = dict(into)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and value and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if nested else copy.deepcopy(value)
+    return out
+
+
 def apply_preset(params: dict, preset: dict) -> dict:
     """params.yaml's content with the preset applied, as `dvc exp run` applies its flags: leaves set,
     new keys added, `_delete` keys removed (for validating a preset without running anything)."""
@@ -59,23 +70,7 @@ def apply_preset(params: dict, preset: dict) -> dict:
         if not isinstance(node, dict) or last not in node:
             raise ValueError(f"preset _delete: {dotted} is not in params.yaml")
         del node[last]
-
-    def merge(into: dict, changes: dict) -> None:
-        for key, value in changes.items():
-            if isinstance(value, dict) and value and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = copy.deepcopy(value)
-
-    merge(out, {k: v for k, v in preset.items() if k != "_delete"})
-    return out
-
-
-def _deep_merge(into: dict, changes: dict) -> dict:
-    out = dict(into)
-    for key, value in changes.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return _deep_merge(out, {k: v for k, v in preset.items() if k != "_delete"})
 
 
 def load_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict:
