@@ -133,9 +133,21 @@ def run_dvc(repo: Path, *args: str, env: dict | None = None, check: bool = True)
     return proc
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interruptible() -> dict:
+    """Popen arguments for a stage a test will interrupt: its own process group (the signal reaches
+    the stage and its children, not pytest), and Ctrl-C's default action, as in a terminal. A shell
+    without job control (CI) starts background commands with SIGINT ignored; a child inherits that,
+    and Python then never raises KeyboardInterrupt: the stage would run on to the end."""
+    return {"start_new_session": True, "preexec_fn": _sigint_as_in_a_terminal}
+
+
 def interrupt(proc: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout: float = 300) -> None:
     """Send `sig` to `proc`'s process group as soon as `ready()` holds (polled), and check the stage
-    was stopped by it rather than finishing first. `proc` must be started with start_new_session=True.
+    was stopped by it rather than finishing first. `proc` must be started with `**interruptible()`.
     SIGKILL is a crash or an OOM kill; SIGINT is Ctrl-C (the stage exits with 130)."""
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:

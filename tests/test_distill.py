@@ -25,7 +25,7 @@ from sdd.errors import InputError
 from sdd.generate import parallel
 from sdd.generate.engines import seeded_sampling_settings
 
-from conftest import REPO, build_llama, build_tokenizer, interrupt
+from conftest import REPO, build_llama, build_tokenizer, interrupt, interruptible
 
 GSM8K = [
     (
@@ -354,7 +354,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, distill_model, sig
     run_ok(reference, "gsm8k")
     work = make_workdir(tmp_path / "killed", distill_model, copies=4, **big)
     chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
-    proc = run_stage(work, "gsm8k", start_new_session=True)
+    proc = run_stage(work, "gsm8k", **interruptible())
     interrupt(proc, lambda: len(list(chunks.glob("*/chunk-*.json"))) >= 2, sig)
     done = {p: p.stat().st_mtime_ns for p in chunks.glob("*/chunk-*.json")}
     assert 2 <= len(done) < 6
@@ -406,7 +406,7 @@ def test_a_killed_workers_chunks_are_redone_and_finished_ones_kept(tmp_path, dis
     two = {**big, "engine_args": {"data_parallel_size": 2}}
     work = make_workdir(tmp_path / "killed", distill_model, copies=4, **two)
     chunks = work / ".sdd-scratch" / "distill" / "gsm8k"
-    proc = run_stage(work, "gsm8k", start_new_session=True)
+    proc = run_stage(work, "gsm8k", **interruptible())
     deadline = time.monotonic() + 300
     pid = worker_pid(proc.pid, 1, 2, deadline)
     assert pid is not None, "worker 1 never started"

@@ -27,7 +27,7 @@ from sdd.model import training as ft
 from sdd.presets import apply_preset
 from stages import finetune as stage
 
-from conftest import REPO, interrupt, save_tiny
+from conftest import REPO, interrupt, interruptible, save_tiny
 
 QUESTIONS = [
     "How many clips did Natalia sell altogether in April and May?",
@@ -396,7 +396,7 @@ def test_a_missing_accelerate_config_is_named(project):
 def test_resume_after_kill(tmp_path, sig):
     make_project(tmp_path, max_steps=120, save_steps=4, eval_steps=1000, batch_size=2)
     checkpoints = tmp_path / ".sdd-scratch/finetune/sft/checkpoints"
-    proc = run_stage(tmp_path, "sft", start_new_session=True)
+    proc = run_stage(tmp_path, "sft", **interruptible())
     # interrupted right after the first checkpoint: the rest of the run is the window
     interrupt(proc, lambda: (checkpoints / "checkpoint-4" / "trainer_state.json").is_file(), sig)
     assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"

@@ -23,7 +23,7 @@ from sdd.model.logits import kl_per_token, topk_kd_loss
 from sdd.model.recipe import dataset_rows, read_arm
 from stages import finetune, teacher_logits
 
-from conftest import interrupt, save_tiny
+from conftest import interrupt, interruptible, save_tiny
 
 
 def kd_project(root: Path, **finetune_params) -> Path:
@@ -201,7 +201,7 @@ def test_killed_kd_run_resumes_to_the_uninterrupted_result(tmp_path):
             assert run_stage(root, ds, module="stages.teacher_logits").wait(timeout=600) == 0
         if name == "killed":
             checkpoints = root / ".sdd-scratch/finetune/kd/checkpoints"
-            proc = run_stage(root, "kd", start_new_session=True)
+            proc = run_stage(root, "kd", **interruptible())
             first = checkpoints / "checkpoint-4/trainer_state.json"
             interrupt(proc, first.is_file)
             assert not (root / "metrics/finetune/kd.json").exists(), "the run ended before it was killed"
