@@ -115,7 +115,9 @@ def main(argv: list[str]) -> None:
             sys.exit(f"{path}: the params it gives are invalid:\n{err}")
     run = len(argv) > 1
     try:
-        out = flags(preset, params=params or {}, spaces_ok=run)
+        # the flags' `+` marks keys missing once `_delete` has run: an arm deleted and defined anew is added
+        remaining = apply_preset(params, {"_delete": preset.get("_delete", [])}) if params is not None else {}
+        out = flags(preset, params=remaining, spaces_ok=run)
     except ValueError as err:
         sys.exit(f"{path}: {err}")
     if run:

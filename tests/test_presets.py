@@ -102,6 +102,27 @@ def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tm
     assert not {s for s in stages if s.startswith("teacher_logits") or s.endswith(("@kd_sdd", "@sdd_wise"))}
 
 
+def test_an_arm_the_base_preset_deletes_can_be_defined_anew(tmp_path):
+    """The search preset deletes `sdd`, the recipe preset defines an `sdd` of its own: its keys are
+    new once the deletion has run, so their flags add them (`+`), and DVC accepts the lot."""
+    repo = dry_repo(tmp_path)
+    args = subprocess.run(
+        [sys.executable, "-m", "sdd.presets", "presets/smollm2-recipe.yaml"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert "~finetune.arms.sdd" in args and "+finetune.arms.sdd.data.gsm8k=distilled" in args
+    first = run_dvc(repo, "exp", "run", "--dry", *args, env={"SDD_DATA_MIRROR": ""}, check=False)
+    assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
+    stages, _ = dry_stages(repo, "smollm2-recipe.yaml")
+    for arm in ("search", "sdd_seed2", "kd_seed1"):
+        assert f"finetune@{arm}" in stages and f"evaluate_arm@{arm}" in stages
+    assert {"teacher_logits@gsm8k", "teacher_logits@alpaca"} <= stages
+    assert not {s for s in stages if s.startswith(("teacher_logits_distilled", "merge"))}
+
+
 def test_paper_preset_runs_every_stage_under_its_launch_prefixes(tmp_path):
     repo = dry_repo(tmp_path)
     # --run passes values with spaces (the launch prefixes) to dvc as single arguments
