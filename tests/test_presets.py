@@ -81,18 +81,22 @@ def dry_stages(repo: Path, name: str) -> tuple[set[str], str]:
     return set(re.findall(r"Running stage '([^']+)'", out)), out
 
 
-def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
-    repo = dry_repo(tmp_path)
-    args = subprocess.run(
-        [sys.executable, "-m", "sdd.presets", "presets/smollm2-study.yaml"],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    # DVC accepts every flag (+ new keys, ~ deletions) and starts the experiment's first stages
+def preset_flags(repo: Path, name: str) -> list[str]:
+    """`python -m sdd.presets presets/<name>`'s flags, as a user passes them to `dvc exp run`."""
+    cmd = [sys.executable, "-m", "sdd.presets", f"presets/{name}"]
+    return subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True).stdout.split()
+
+
+def accepted_by_dvc(repo: Path, args: list[str]) -> None:
+    """DVC accepts every flag (+ new keys, ~ deletions) and starts the experiment's first stages."""
     first = run_dvc(repo, "exp", "run", "--dry", *args, env={"SDD_DATA_MIRROR": ""}, check=False)
     assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
+
+
+def test_study_preset_flags_run_in_dvc_and_its_dry_run_lists_the_study_stages(tmp_path):
+    repo = dry_repo(tmp_path)
+    args = preset_flags(repo, "smollm2-study.yaml")
+    accepted_by_dvc(repo, args)
     assert (repo / "params.yaml").read_text() == (REPO / "params.yaml").read_text()  # a dry run changes nothing
     stages, _ = dry_stages(repo, "smollm2-study.yaml")
     arms = {"sft", "sft_seed1", "sdd", "sdd_seed1", "sdd_gsm8k", "sdd_alpaca"}
@@ -106,16 +110,9 @@ def test_an_arm_the_base_preset_deletes_can_be_defined_anew(tmp_path):
     """The search preset deletes `sdd`, the recipe preset defines an `sdd` of its own: its keys are
     new once the deletion has run, so their flags add them (`+`), and DVC accepts the lot."""
     repo = dry_repo(tmp_path)
-    args = subprocess.run(
-        [sys.executable, "-m", "sdd.presets", "presets/smollm2-recipe.yaml"],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    args = preset_flags(repo, "smollm2-recipe.yaml")
     assert "~finetune.arms.sdd" in args and "+finetune.arms.sdd.data.gsm8k=distilled" in args
-    first = run_dvc(repo, "exp", "run", "--dry", *args, env={"SDD_DATA_MIRROR": ""}, check=False)
-    assert "Running stage 'prepare@gsm8k'" in first.stdout, first.stdout + first.stderr
+    accepted_by_dvc(repo, args)
     stages, _ = dry_stages(repo, "smollm2-recipe.yaml")
     for arm in ("search", "sdd_seed2", "kd_seed1"):
         assert f"finetune@{arm}" in stages and f"evaluate_arm@{arm}" in stages
