@@ -135,13 +135,15 @@ def run_dvc(repo: Path, *args: str, env: dict | None = None, check: bool = True)
 
 def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a mask an earlier in-process test left
 
 
 def interruptible() -> dict:
     """Popen arguments for a stage a test will interrupt: its own process group (the signal reaches
     the stage and its children, not pytest), and Ctrl-C's default action, as in a terminal. A shell
     without job control (CI) starts background commands with SIGINT ignored; a child inherits that,
-    and Python then never raises KeyboardInterrupt: the stage would run on to the end."""
+    and Python then never raises KeyboardInterrupt: the stage would run on to the end. A blocked
+    SIGINT (the signal mask is inherited too) would stay pending the same way."""
     return {"start_new_session": True, "preexec_fn": _sigint_as_in_a_terminal}
 
 
@@ -154,9 +156,12 @@ def interrupt(proc: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout:
         time.sleep(0.01)
     assert proc.poll() is None, "the stage finished before it could be interrupted; make it slower"
     os.killpg(proc.pid, sig)
-    proc.communicate()
+    out, _ = proc.communicate()
     expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
-    assert proc.returncode == expected, f"the stage ended with {proc.returncode} after {signal.Signals(sig).name}"
+    tail = (out.decode(errors="replace") if isinstance(out, bytes) else out or "")[-3000:]
+    assert proc.returncode == expected, (
+        f"the stage ended with {proc.returncode} after {signal.Signals(sig).name}:\n{tail}"
+    )
 
 
 def dag_model(folder: Path) -> Path:
