@@ -59,6 +59,11 @@ def _deep_merge(into: dict, changes: dict) -> dict:
 def apply_preset(params: dict, preset: dict) -> dict:
     """params.yaml's content with the preset applied, as `dvc exp run` applies its flags: leaves set,
     new keys added, `_delete` keys removed (for validating a preset without running anything)."""
+    return _deep_merge(deleted(params, preset), {k: v for k, v in preset.items() if k != "_delete"})
+
+
+def deleted(params: dict, preset: dict) -> dict:
+    """A copy of params.yaml's content without the preset's `_delete` keys."""
     import copy
 
     out = copy.deepcopy(params)
@@ -70,7 +75,7 @@ def apply_preset(params: dict, preset: dict) -> dict:
         if not isinstance(node, dict) or last not in node:
             raise ValueError(f"preset _delete: {dotted} is not in params.yaml")
         del node[last]
-    return _deep_merge(out, {k: v for k, v in preset.items() if k != "_delete"})
+    return out
 
 
 def load_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -115,9 +120,8 @@ def main(argv: list[str]) -> None:
             sys.exit(f"{path}: the params it gives are invalid:\n{err}")
     run = len(argv) > 1
     try:
-        # the flags' `+` marks keys missing once `_delete` has run: an arm deleted and defined anew is added
-        remaining = apply_preset(params, {"_delete": preset.get("_delete", [])}) if params is not None else {}
-        out = flags(preset, params=remaining, spaces_ok=run)
+        # `+` marks keys missing once `_delete` has run: an arm deleted and defined anew is added
+        out = flags(preset, params=deleted(params, preset) if params is not None else {}, spaces_ok=run)
     except ValueError as err:
         sys.exit(f"{path}: {err}")
     if run:
